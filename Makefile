@@ -1,0 +1,30 @@
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SAMPLES ?= ../shared/data/faces/lfw_colour
+
+.PHONY: install test run down bench clean
+
+$(STAMP): pyproject.toml requirements/*.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(VENV)/bin/pytest
+
+run: install
+	$(VENV)/bin/biofleet up
+	$(VENV)/bin/biofleet demo --samples "$(SAMPLES)"
+
+down:
+	$(VENV)/bin/biofleet down
+
+bench: install
+	$(PY) -m bench.model
+
+clean:
+	rm -rf $(VENV) .biofleet

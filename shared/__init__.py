@@ -1,0 +1,1 @@
+"""What the API and the workers both use: settings, database, blob store, message contract."""

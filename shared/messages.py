@@ -1,0 +1,22 @@
+"""The message contract between the API and the workers: small JSON, never image bytes."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobKind = Literal["enroll", "verify", "identify", "reenroll"]
+
+
+class JobMessage(BaseModel):
+    """Celery task kwargs for RUN_JOBS_TASK. Everything else is read from the jobs row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1] = 1
+    job_id: str
+    tenant_id: str
+    kind: JobKind
+    blob_keys: list[str] = Field(min_length=1, max_length=10)
+    subject_id: str | None = None  # enroll, verify, reenroll
+    top_k: int | None = None  # identify
+    submitted_at: float  # unix seconds, for end-to-end latency

@@ -1,0 +1,17 @@
+"""Queue and task names: one place, used by the API, the worker and the autoscaling code."""
+
+VERIFY = "verify"
+ENROLL = "enroll"
+IDENTIFY = "identify"
+REENROLL = "reenroll"
+CALLBACKS = "callbacks"
+
+JOB_QUEUES = (VERIFY, ENROLL, IDENTIFY, REENROLL)
+ALL_QUEUES = JOB_QUEUES + (CALLBACKS,)
+
+# One batch task consumes every job queue, so one forward pass serves all kinds in a batch.
+RUN_JOBS_TASK = "biofleet.run_jobs"
+CALLBACK_TASK = "biofleet.post_callback"
+
+# The queue a job kind goes to.
+QUEUE_FOR_KIND = {"verify": VERIFY, "enroll": ENROLL, "identify": IDENTIFY, "reenroll": REENROLL}

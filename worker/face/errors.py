@@ -1,0 +1,23 @@
+"""Stable error codes for images that do not give a descriptor."""
+
+BAD_IMAGE = "bad_image"
+IMAGE_TOO_LARGE = "image_too_large"
+NO_FACE = "no_face"
+MULTIPLE_FACES = "multiple_faces"
+
+
+class FaceError(Exception):
+    """An image that cannot give a descriptor; code is one of the constants above."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class WeightsFormatError(ValueError):
+    """A weights file that is truncated, corrupt or not what the reader expects."""
+
+    def __init__(self, offset: int, message: str):
+        super().__init__(f"{message} (at byte offset {offset})")
+        self.offset = offset

@@ -1,0 +1,33 @@
+"""What the pipeline returns for one image."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def area(self) -> int:
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
+
+
+@dataclass
+class FaceResult:
+    """A descriptor with its face box and 5 landmarks, or an error code and message."""
+
+    descriptor: np.ndarray | None = None  # (128,) float32
+    box: Box | None = None
+    landmarks: np.ndarray | None = None  # (5, 2) float, image coordinates (x, y)
+    detector: str | None = None  # "hog", "cropped", ...
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.descriptor is not None
