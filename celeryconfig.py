@@ -24,7 +24,10 @@ task_routes = {queues.CALLBACK_TASK: {"queue": queues.CALLBACKS}}  # job message
 
 task_acks_late = True
 task_reject_on_worker_lost = True
-worker_prefetch_multiplier = _settings.prefetch_multiplier
+# celery-batches only fills a batch from prefetched messages: prefetch must exceed batch_size.
+worker_prefetch_multiplier = max(
+    1, _settings.prefetch_batches * _settings.batch_size // _settings.worker_concurrency
+)
 worker_concurrency = _settings.worker_concurrency
 worker_send_task_events = True
 task_send_sent_event = True

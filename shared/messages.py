@@ -19,4 +19,5 @@ class JobMessage(BaseModel):
     blob_keys: list[str] = Field(min_length=1, max_length=10)
     subject_id: str | None = None  # enroll, verify, reenroll
     top_k: int | None = None  # identify
+    cropped: bool = False  # the images are already face crops: skip detection
     submitted_at: float  # unix seconds, for end-to-end latency

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # Batching worker.
     batch_size: int = Field(32, ge=1)  # celery-batches flush_every
     flush_interval_ms: int = Field(20, ge=1)  # celery-batches flush_interval
-    prefetch_multiplier: int = 4  # x concurrency; must exceed batch_size / concurrency
+    prefetch_batches: int = 2  # messages prefetched = prefetch_batches x batch_size, so the next batch fills
     worker_concurrency: int = 1
     visibility_timeout_s: int = 900
     db_retry_s: float = 60.0  # how long a batch waits for Postgres before handing its jobs back
@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     flower_port: int = 5555
     flower_user: str = "admin"
     flower_password: str = "biofleet"
+
+    worker_metrics_port: int = 9102  # Prometheus endpoint of the worker; 0 turns it off
 
 
 @lru_cache

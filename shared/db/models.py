@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -104,6 +105,7 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     subject_external_id: Mapped[str | None] = mapped_column(String(128))
     top_k: Mapped[int | None] = mapped_column(Integer)
+    cropped: Mapped[bool] = mapped_column(Boolean, default=False)  # images are already face crops
     blob_keys: Mapped[list] = mapped_column(JSONB, default=list)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
