@@ -1,0 +1,311 @@
+"""A reader for dlib's serialization format (dlib/serialize.h, dlib/dnn/tensor.h).
+
+Generic: it reads primitives, tensors and matrices; what a file holds (which layers, in which
+order) is up to the caller. Every check fails with WeightsFormatError(offset, message).
+"""
+
+import builtins
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.face.errors import WeightsFormatError
+
+# float_details exponents that stand for +inf, -inf and NaN.
+_SPECIAL_EXPONENTS = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
+
+
+class Reader:
+    """A cursor over the bytes of a dlib file; `offset` is the position of the next read.
+
+    Methods are named after what they read (int, float, bool ...); inside this class body the
+    builtins are spelled builtins.int and so on."""
+
+    def __init__(self, data: bytes, offset: int = 0):
+        self.data = memoryview(data).cast("B")
+        self.offset = offset
+
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.offset
+
+    def fail(self, message: str, offset: int | None = None) -> WeightsFormatError:
+        """An error at `offset` (default: the current one), for the caller to raise."""
+        return WeightsFormatError(self.offset if offset is None else offset, message)
+
+    def take(self, n: int, what: str) -> memoryview:
+        """The next n raw bytes; fails when the file ends first."""
+        if n < 0 or n > self.remaining:
+            raise self.fail(f"truncated: {what} needs {n} bytes, {self.remaining} left")
+        view = self.data[self.offset : self.offset + n]
+        self.offset += n
+        return view
+
+    # Primitives.
+
+    def int(self, what: str = "integer") -> int:
+        """An integer of any width: a control byte (low nibble = byte count, 0x80 = negative),
+        then that many little-endian magnitude bytes."""
+        start = self.offset
+        if self.remaining < 1:
+            raise self.fail(f"truncated: expected {what}")
+        control = self.data[start]
+        size = control & 0x0F
+        if control & 0x70 or not 1 <= size <= 8:
+            raise self.fail(f"expected {what}: bad integer control byte 0x{control:02x}", start)
+        if size >= self.remaining:
+            raise self.fail(f"truncated: {what} needs {size + 1} bytes, {self.remaining} left")
+        self.offset += 1
+        magnitude = int.from_bytes(self.take(size, what), "little")
+        return -magnitude if control & 0x80 else magnitude
+
+    def bool(self, what: str = "bool") -> bool:
+        """ASCII '1' or '0'."""
+        start = self.offset
+        byte = bytes(self.take(1, what))
+        if byte not in (b"0", b"1"):
+            raise self.fail(f"expected {what} ('0' or '1'), found byte 0x{byte[0]:02x}", start)
+        return byte == b"1"
+
+    def string(self, what: str = "string") -> str:
+        """An integer length, then the raw bytes (decoded as latin-1, so any byte is kept)."""
+        length = self.int(f"length of {what}")
+        return bytes(self.take(length, what)).decode("latin-1")
+
+    def float(self, what: str = "float") -> float:
+        """A float or double: integer mantissa, then integer exponent; mantissa * 2**exponent."""
+        start = self.offset
+        mantissa = self.int(f"mantissa of {what}")
+        exponent = self.int(f"exponent of {what}")
+        if exponent in _SPECIAL_EXPONENTS:
+            return _SPECIAL_EXPONENTS[exponent]
+        try:
+            return math.ldexp(float(mantissa), exponent)
+        except OverflowError:
+            raise self.fail(f"{what} out of range: {mantissa} * 2**{exponent}", start) from None
+
+    double = float
+
+    def floats(self, count: builtins.int, what: str = "floats") -> np.ndarray:
+        """`count` floats in the encoding of `float()`, as a float64 array."""
+        if count < 0 or 4 * count > self.remaining:  # each takes at least 4 bytes
+            raise self.fail(f"truncated: {count} {what} cannot fit in {self.remaining} bytes")
+        return np.array([self.float(what) for _ in range(count)], dtype=np.float64)
+
+    # Expectations.
+
+    def expect_int(self, expected: builtins.int, what: str) -> builtins.int:
+        start = self.offset
+        value = self.int(what)
+        if value != expected:
+            raise self.fail(f"expected {what} = {expected}, found {value}", start)
+        return value
+
+    def expect_string(self, expected: str, what: str = "layer name") -> str:
+        start = self.offset
+        try:
+            value = self.string(what)
+        except WeightsFormatError as error:
+            raise self.fail(f"expected {what} {expected!r}: {error.args[0]}", start) from None
+        if value != expected:
+            raise self.fail(f"expected {what} {expected!r}, found {value[:40]!r}", start)
+        return value
+
+    def end(self) -> None:
+        """Fails unless every byte has been read."""
+        if self.remaining:
+            raise self.fail(f"expected end of file, found {self.remaining} more bytes")
+
+    # Compound values.
+
+    def shape4(self, what: str) -> tuple[builtins.int, ...]:
+        """(num_samples, k, nr, nc), each non-negative."""
+        start = self.offset
+        shape = tuple(self.int(f"{what} shape") for _ in range(4))
+        if any(d < 0 for d in shape):
+            raise self.fail(f"{what}: negative shape {shape}", start)
+        return shape
+
+    def tensor(self, what: str = "tensor") -> np.ndarray:
+        """A tensor as a float32 array shaped (num_samples, k, nr, nc).
+
+        Version 2: raw little-endian float32; version 1: one encoded float per element."""
+        start = self.offset
+        version = self.int(f"{what} version")
+        if version not in (1, 2):
+            raise self.fail(f"expected {what} version 1 or 2, found {version}", start)
+        shape = self.shape4(what)
+        count = math.prod(shape)
+        if version == 2:
+            raw = self.take(4 * count, f"{what} data ({count} float32)")
+            values = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        else:
+            values = self.floats(count, f"{what} element").astype(np.float32)
+        return values.reshape(shape)
+
+    def alias_tensor(self, what: str = "alias tensor") -> tuple[builtins.int, ...]:
+        """An alias tensor: version 1, then its shape (the offset is implied by the layer)."""
+        self.expect_int(1, f"{what} version")
+        return self.shape4(what)
+
+    def matrix(self, what: str = "matrix") -> np.ndarray:
+        """A dlib matrix: -nr, -nc, then nr*nc encoded floats in row-major order (float64).
+
+        Positive sizes (dlib's older layout) are read the same way."""
+        nr = abs(self.int(f"{what} rows"))
+        nc = abs(self.int(f"{what} columns"))
+        return self.floats(nr * nc, f"{what} element").reshape(nr, nc)
+
+    def sequence(self, read_item, what: str = "vector") -> list:
+        """A std::vector: an integer size, then each item read by `read_item(self)`."""
+        size = self.int(f"size of {what}")
+        if size < 0:
+            raise self.fail(f"{what}: negative size {size}")
+        return [read_item(self) for _ in range(size)]
+
+
+# Layer records of dlib's dnn files (dlib/dnn/layers.h). Each add_layer writes its version, the
+# layers beneath it, then the record read here, then `read_layer_trailer`.
+
+
+@dataclass
+class Conv:
+    """con_4: filters (O, I, H, W), biases (O,), stride and padding as (y, x)."""
+
+    filters: np.ndarray
+    biases: np.ndarray
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+@dataclass
+class Affine:
+    """affine_: out = gamma * x + beta; gamma and beta flat, one value per channel when mode is 0."""
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    mode: int
+
+
+@dataclass
+class Pool:
+    """max_pool_2 / avg_pool_2; size (0, 0) means a global average."""
+
+    kind: str  # "max" or "avg"
+    size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+@dataclass
+class Dense:
+    """fc_2: weights (inputs, outputs) as dlib stores them; biases None when the layer has none."""
+
+    weights: np.ndarray
+    biases: np.ndarray | None
+
+
+@dataclass
+class Plain:
+    """A layer with no parameters (relu_, add_prev_)."""
+
+    name: str
+
+
+def _expect_alias(reader: Reader, what: str, shape: tuple[int, ...]) -> None:
+    start = reader.offset
+    found = reader.alias_tensor(what)
+    if found != shape:
+        raise reader.fail(f"expected {what} shaped {shape}, found {found}", start)
+
+
+def _read_con(r: Reader) -> Conv:
+    start = r.offset
+    params = r.tensor("con_4 params").reshape(-1)
+    num_filters, nr, nc = r.int("num_filters"), r.int("filter rows"), r.int("filter columns")
+    stride = (r.int("stride_y"), r.int("stride_x"))
+    padding = (r.int("padding_y"), r.int("padding_x"))
+    filters_shape = r.alias_tensor("con_4 filters")
+    o, k, fr, fc = filters_shape
+    if (o, fr, fc) != (num_filters, nr, nc) or params.size != o * k * fr * fc + o:
+        raise r.fail(
+            f"con_4: filters {filters_shape} do not match {num_filters} filters of {nr}x{nc}"
+            f" and {params.size} parameters",
+            start,
+        )
+    _expect_alias(r, "con_4 biases", (1, o, 1, 1))
+    for name in ("learning_rate", "weight_decay", "bias_learning_rate", "bias_weight_decay"):
+        r.double(f"{name} multiplier")
+    n = o * k * fr * fc
+    return Conv(params[:n].reshape(filters_shape), params[n:], stride, padding)
+
+
+def _read_affine(r: Reader) -> Affine:
+    start = r.offset
+    params = r.tensor("affine_ params").reshape(-1)
+    gamma_shape = r.alias_tensor("affine_ gamma")
+    _expect_alias(r, "affine_ beta", gamma_shape)
+    k = math.prod(gamma_shape)
+    if params.size != 2 * k:
+        raise r.fail(f"affine_: expected {2 * k} parameters, found {params.size}", start)
+    mode = r.int("affine_ mode")
+    return Affine(params[:k], params[k:], mode)
+
+
+def _read_pool(r: Reader, kind: str) -> Pool:
+    ints = [r.int(what) for what in ("rows", "columns", "stride_y", "stride_x", "padding_y", "padding_x")]
+    return Pool(kind, (ints[0], ints[1]), (ints[2], ints[3]), (ints[4], ints[5]))
+
+
+def _read_fc(r: Reader) -> Dense:
+    outputs, inputs = r.int("fc_2 outputs"), r.int("fc_2 inputs")
+    params_at = r.offset
+    params = r.tensor("fc_2 params").reshape(-1)
+    _expect_alias(r, "fc_2 weights", (inputs, outputs, 1, 1))
+    biases_at = r.offset
+    biases_shape = r.alias_tensor("fc_2 biases")
+    has_bias = r.int("fc_2 bias_mode") == 0
+    if biases_shape != ((1, outputs, 1, 1) if has_bias else (0, 0, 0, 0)):
+        raise r.fail(f"fc_2: biases shaped {biases_shape} with bias {has_bias}", biases_at)
+    for name in ("learning_rate", "weight_decay", "bias_learning_rate", "bias_weight_decay"):
+        r.double(f"{name} multiplier")
+    n = inputs * outputs
+    if params.size != n + (outputs if has_bias else 0):
+        raise r.fail(f"fc_2: {params.size} parameters for {inputs} -> {outputs}", params_at)
+    return Dense(params[:n].reshape(inputs, outputs), params[n:] if has_bias else None)
+
+
+_LAYER_READERS = {
+    "con_4": _read_con,
+    "affine_": _read_affine,
+    "max_pool_2": lambda r: _read_pool(r, "max"),
+    "avg_pool_2": lambda r: _read_pool(r, "avg"),
+    "fc_2": _read_fc,
+    "relu_": lambda r: Plain("relu_"),
+    "add_prev_": lambda r: Plain("add_prev_"),
+}
+
+
+def read_layer(reader: Reader, expected: str | None = None) -> Conv | Affine | Pool | Dense | Plain:
+    """One layer record: its name, then its details. With `expected`, any other name fails."""
+    start = reader.offset
+    if expected is not None:
+        reader.expect_string(expected, "layer name")
+        name = expected
+    else:
+        name = reader.string("layer name")
+    if name not in _LAYER_READERS:
+        raise reader.fail(f"unsupported layer {name[:40]!r}", start)
+    return _LAYER_READERS[name](reader)
+
+
+def read_layer_trailer(reader: Reader, over_input: bool = False) -> None:
+    """What add_layer writes after a layer's details: 3 bools and 3 (empty) tensors; the layer
+    directly over the input adds its sample expansion factor (1)."""
+    for what in ("setup_called", "gradient_input_is_stale", "output_and_gradient_disabled"):
+        reader.bool(what)
+    for what in ("x_grad", "cached_output", "params_grad"):
+        reader.tensor(what)
+    if over_input:
+        reader.expect_int(1, "sample expansion factor")
