@@ -1,3 +1,223 @@
-"""Placeholder."""
+"""Face commands: `biofleet embed` (descriptors for image files) and `biofleet eval-pairs`
+(verification metrics on an LFW-format pairs file, optionally beside dlib's own pipeline)."""
 
-COMMANDS = []
+import json
+import sys
+from pathlib import Path
+
+import click
+
+DLIB_THRESHOLD = 0.6
+METRIC_KEYS = ("accuracy_at_0_6", "best_accuracy", "eer", "fnmr_at_fmr_1e-2", "fnmr_at_fmr_1e-3")
+
+
+def _pipeline(settings, multiple_faces: str | None = None):
+    """biofleet's pipeline, configured from settings."""
+    from worker.face.pipeline import load_pipeline
+
+    return load_pipeline(
+        device=settings.device,
+        detector=settings.detector,
+        upsample=settings.detector_upsample,
+        max_pixels=settings.max_image_pixels,
+        multiple_faces=multiple_faces or settings.multiple_faces,
+        threads=settings.decode_threads,
+        cache_dir=settings.model_cache_dir,
+    )
+
+
+def _setup():
+    from shared.logs import configure_logging
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+def _result_json(path: Path, result) -> dict:
+    """One file's FaceResult as a JSON-ready dict."""
+    box = result.box
+    return {
+        "file": str(path),
+        "ok": result.ok,
+        "descriptor": [float(v) for v in result.descriptor] if result.ok else None,
+        "box": [box.left, box.top, box.right, box.bottom] if box is not None else None,
+        "detector": result.detector,
+        "error_code": result.error_code,
+        "error_message": result.error_message,
+    }
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file instead of text lines.")
+@click.option("--cropped", is_flag=True, help="The images are face crops already: no detection.")
+def embed(files: tuple[Path, ...], as_json: bool, cropped: bool) -> None:
+    """Print each image file's 128-d face descriptor, or its error code and message.
+
+    Text lines are `FILE ok N1 N2 ... N128` or `FILE error CODE: MESSAGE`. The exit status is 1
+    when any file gave no descriptor.
+    """
+    settings = _setup()
+    failed = 0
+    with _pipeline(settings) as pipeline:
+        for start in range(0, len(files), settings.batch_size):
+            batch = files[start : start + settings.batch_size]
+            results = pipeline.process([path.read_bytes() for path in batch], cropped=cropped)
+            for path, result in zip(batch, results):
+                failed += not result.ok
+                if as_json:
+                    click.echo(json.dumps(_result_json(path, result)))
+                elif result.ok:
+                    click.echo(f"{path} ok " + " ".join(f"{v:.6f}" for v in result.descriptor))
+                else:
+                    click.echo(f"{path} error {result.error_code}: {result.error_message}")
+    if failed:
+        sys.exit(1)
+
+
+def _check_images(pairs_file: Path, root: Path, images: list[str]) -> None:
+    """Fail early, naming them, when images the pairs file lists are missing under root."""
+    missing = [name for name in images if not (root / name).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise click.ClickException(f"{len(missing)} images listed in {pairs_file} are missing under {root}: {shown}")
+
+
+def _descriptors(process, root: Path, images: list[str], batch_size: int, label: str) -> dict:
+    """Run `process` over every image once, in batches, with a progress bar on stderr.
+
+    Returns image name -> FaceResult."""
+    from tqdm import tqdm
+
+    results = {}
+    with tqdm(total=len(images), desc=label, unit="img", file=sys.stderr, leave=False) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            for name, result in zip(batch, process([(root / name).read_bytes() for name in batch])):
+                results[name] = result
+            bar.update(len(batch))
+    return results
+
+
+def _column(pairs, results: dict) -> tuple[dict, tuple | None]:
+    """Metrics for one pipeline's results: (report dict, (genuine, impostor) distances or None).
+
+    A pair with an image that gave no descriptor counts in fta and is left out of the metrics.
+    """
+    import numpy as np
+
+    from worker.face.evaluation import summary
+
+    distances, same, folds, fta = [], [], [], 0
+    for pair in pairs:
+        first, second = results[pair.first], results[pair.second]
+        if not (first.ok and second.ok):
+            fta += 1
+            continue
+        distances.append(float(np.linalg.norm(first.descriptor - second.descriptor)))
+        same.append(pair.same)
+        folds.append(pair.fold)
+    failures: dict[str, int] = {}
+    for result in results.values():
+        if not result.ok:
+            failures[result.error_code] = failures.get(result.error_code, 0) + 1
+    report = {"pairs": len(pairs), "fta": fta, "failed_images": failures}
+    d, s = np.asarray(distances), np.asarray(same, dtype=bool)
+    if s.any() and (~s).any():
+        report.update(summary(d, s, folds, threshold=DLIB_THRESHOLD))
+        return report, (d[s], d[~s])
+    report.update({key: None for key in METRIC_KEYS})
+    return report, None
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _table(columns: dict[str, dict], folds: int):
+    """A rich table: one row per metric, one column per pipeline."""
+    from rich.table import Table
+
+    best = f"best-threshold accuracy ({folds}-fold CV)" if folds > 1 else "best-threshold accuracy (fit on these pairs)"
+    rows = [
+        ("pairs", lambda r: str(r["pairs"])),
+        ("failure to acquire (pairs)", lambda r: str(r["fta"])),
+        ("genuine / impostor scored", lambda r: f"{r.get('genuine', 0)} / {r.get('impostor', 0)}"),
+        (f"accuracy at {DLIB_THRESHOLD}", lambda r: _percent(r["accuracy_at_0_6"])),
+        (best, lambda r: _percent(r["best_accuracy"])),
+        ("best threshold", lambda r: f"{r['best_threshold']:.4f}" if "best_threshold" in r else "n/a"),
+        ("EER", lambda r: _percent(r["eer"])),
+        ("EER threshold", lambda r: f"{r['eer_threshold']:.4f}" if "eer_threshold" in r else "n/a"),
+        ("FNMR at FMR 1e-2", lambda r: _percent(r["fnmr_at_fmr_1e-2"])),
+        ("FNMR at FMR 1e-3", lambda r: _percent(r["fnmr_at_fmr_1e-3"])),
+    ]
+    table = Table(title="pair verification")
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for label, cell in rows:
+        table.add_row(label, *(cell(report) for report in columns.values()))
+    return table
+
+
+@click.command("eval-pairs")
+@click.argument("pairs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder holding NAME/NAME_NNNN.jpg images.")
+@click.option("--reference", type=click.Choice(["dlib"]), help="Also run dlib's own pipeline on the same pairs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (fractions, not percents).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: DET curve and histograms.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: bool, plot: Path | None, batch_size: int) -> None:
+    """Verification metrics on an LFW-format pairs file.
+
+    Each distinct image is processed once. Reports accuracy at dlib's threshold 0.6, the
+    best-threshold accuracy (cross-validated when the file has folds), EER, FNMR at FMR 1e-2
+    and 1e-3, and the failure-to-acquire count (pairs left out because an image failed).
+    """
+    from worker.face.evaluation import plot_report, read_pairs
+    from worker.face.reference import DlibReference
+
+    settings = _setup()
+    try:
+        pairs = read_pairs(pairs_file)
+    except ValueError as error:
+        raise click.ClickException(f"{pairs_file}: {error}") from None
+    images = list(dict.fromkeys(name for pair in pairs for name in (pair.first, pair.second)))
+    _check_images(pairs_file, root, images)
+    folds = len({pair.fold for pair in pairs})
+
+    # Both columns keep the largest face when an image shows several.
+    columns, distances = {}, {}
+    with _pipeline(settings, multiple_faces="largest") as pipeline:
+        results = _descriptors(pipeline.process, root, images, batch_size, "biofleet")
+    columns["biofleet"], distances["biofleet"] = _column(pairs, results)
+    if reference == "dlib":
+        dlib = DlibReference.load(upsample=settings.detector_upsample, multiple_faces="largest",
+                                  max_pixels=settings.max_image_pixels)
+        results = _descriptors(dlib.process, root, images, batch_size, "dlib")
+        columns["dlib"], distances["dlib"] = _column(pairs, results)
+
+    if plot is not None:
+        series = {name: d for name, d in distances.items() if d is not None}
+        if series:
+            plot_report(series, DLIB_THRESHOLD, plot, title=f"{pairs_file.name}: {len(pairs)} pairs")
+        else:
+            click.echo("no pairs scored: no plot written", err=True)
+
+    if as_json:
+        out = dict(columns["biofleet"])
+        if "dlib" in columns:
+            out["reference"] = columns["dlib"]
+        click.echo(json.dumps(out))
+    else:
+        from rich.console import Console
+
+        Console().print(_table(columns, folds))
+        if plot is not None and any(d is not None for d in distances.values()):
+            click.echo(f"plot written to {plot}")
+
+
+COMMANDS = [embed, eval_pairs]

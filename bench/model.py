@@ -1,0 +1,273 @@
+"""Model benchmark: dlib's face descriptor against biofleet's PyTorch port, and both pipelines by stage.
+
+Run: python -m bench.model [--device auto|cpu|cuda] [--repeats 5] [--out bench/results/model.json]
+
+Measures, on the same aligned chips made from the lfw_colour images:
+- dlib's compute_face_descriptor, one chip per call: ms per face;
+- Embedder.embed at batch 1, 8, 32 and 64: ms per face, and the ratio dlib / port (dlib and the
+  port are timed in alternating rounds, so a busy machine slows both alike; the ratio is the
+  median of the per-round ratios);
+- per-stage ms per face (decode, detect, landmarks, align, embed) for biofleet's pipeline and
+  for dlib's, and biofleet's whole pipeline (FacePipeline.process) on a batch of 32 images.
+Every figure is the median over repeated runs. Prints tables and writes JSON.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+BATCH_SIZES = (1, 8, 32, 64)
+RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
+
+
+def _median_ms(run, repeats: int, per: int = 1, warmup: int = 1) -> float:
+    """Median wall time of run() in ms, divided by `per` (faces or images per run)."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / per
+
+
+class Laps:
+    """Accumulates time per stage name: start(), then lap(name) after each stage."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.spent[name] = self.spent.get(name, 0.0) + now - self._last
+        self._last = now
+
+
+def _stage_ms(one, inputs: list, repeats: int) -> dict[str, float]:
+    """Per-stage ms per item: one(item, laps) runs one item, calling laps.lap(stage) after each
+    stage. Returns, per stage, the median over `repeats` passes of its mean time per item."""
+    passes = []
+    for _ in range(repeats):
+        laps = Laps()
+        for item in inputs:
+            one(item, laps)
+        passes.append({name: 1000 * spent / len(inputs) for name, spent in laps.spent.items()})
+    return {name: statistics.median(p[name] for p in passes) for name in passes[0]}
+
+
+def descriptor_rounds(reference, embedder, chips: np.ndarray, rounds: int):
+    """ms per face for dlib (one chip per call, 8 chips) and the port (64 faces at each batch size),
+    measured in alternation. Returns (dlib median, {batch: port median}, {batch: median of the
+    per-round ratios dlib / port})."""
+    faces = len(chips)
+    for size in BATCH_SIZES:  # warm up each batch shape
+        embedder.embed(chips[:size])
+    reference.descriptor(chips[0])
+    dlib_times, port_times = [], {size: [] for size in BATCH_SIZES}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for chip in chips[:8]:
+            reference.descriptor(chip)
+        dlib_times.append(1000 * (time.perf_counter() - start) / 8)
+        for size in BATCH_SIZES:
+            start = time.perf_counter()
+            for first in range(0, faces - size + 1, size):
+                embedder.embed(chips[first : first + size])
+            port_times[size].append(1000 * (time.perf_counter() - start) / (faces - faces % size))
+    port_ms = {str(size): statistics.median(times) for size, times in port_times.items()}
+    ratio = {str(size): statistics.median(d / p for d, p in zip(dlib_times, times)) for size, times in port_times.items()}
+    return statistics.median(dlib_times), port_ms, ratio
+
+
+def make_chips(reference, images: list[bytes], count: int) -> np.ndarray:
+    """(count, 150, 150, 3) uint8 chips from the images where dlib finds a face (repeated if short)."""
+    chips = []
+    for data in images:
+        try:
+            image = reference.decode(data)
+            chips.append(reference.chip(image, reference.landmarks(image, reference.detect(image))))
+        except Exception:
+            continue
+    if not chips:
+        raise SystemExit("no face found in the sample images")
+    return np.stack([chips[i % len(chips)] for i in range(count)])
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device) -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    info = {
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) -> dict:
+    """Measure everything; write `out` and return the results dict."""
+    from rich.console import Console
+
+    from worker.face.align import face_chip
+    from worker.face.decode import decode_image
+    from worker.face.detect import HogDetector
+    from worker.face.embed import Embedder
+    from worker.face.landmarks import Landmarker
+    from worker.face.pipeline import FacePipeline
+    from worker.face.reference import DlibReference
+
+    say = Console(stderr=True).log
+    files = sorted((faces_dir / "lfw_colour").glob("*/*.jpg"))
+    if not files:
+        raise SystemExit(f"no images under {faces_dir / 'lfw_colour'}")
+    images = [path.read_bytes() for path in files]
+    reference = DlibReference.load()
+    embedder = Embedder.load(device=device, cache_dir=cache_dir)
+    say(f"{len(images)} images; port on {embedder.device}; making chips with dlib")
+    chips = make_chips(reference, images, max(BATCH_SIZES))
+
+    # Descriptors: dlib one chip per call, the port at each batch size, interleaved round by
+    # round so that both see the same load on a shared machine.
+    say(f"descriptors: {repeats} rounds of dlib on 8 chips and the port on 64 faces per batch size")
+    dlib_ms, port_ms, ratio = descriptor_rounds(reference, embedder, chips, repeats)
+    port = embedder.embed(chips[:16])
+    dlib = np.stack([reference.descriptor(c) for c in chips[:16]])
+    max_diff = float(np.abs(port - dlib).max())
+
+    # Stages, image by image, on 32 images; embed per face at batch 32 (the pipeline embeds batches).
+    detector, landmarker = HogDetector(1), Landmarker()
+    max_pixels = 25_000_000
+    sample = images[:32]
+    usable = [data for data in sample if reference.process_one(data).ok]
+
+    def ours_one(data: bytes, laps: Laps) -> None:
+        laps.start()
+        image = decode_image(data, max_pixels)
+        laps.lap("decode")
+        box = max(detector.detect(image), key=lambda b: b.area)
+        laps.lap("detect")
+        points = landmarker.landmarks(image, box)
+        laps.lap("landmarks")
+        face_chip(image, points)
+        laps.lap("align")
+
+    def dlib_one(data: bytes, laps: Laps) -> None:
+        laps.start()
+        image = reference.decode(data)
+        laps.lap("decode")
+        rect = reference.detect(image)
+        laps.lap("detect")
+        shape = reference.landmarks(image, rect)
+        laps.lap("landmarks")
+        chip = reference.chip(image, shape)
+        laps.lap("align")
+        reference.descriptor(chip)
+        laps.lap("embed")
+
+    stage_repeats = max(1, repeats // 2)
+    say("biofleet stages")
+    ours = _stage_ms(ours_one, usable, stage_repeats)
+    ours["embed"] = port_ms["32"]
+    say("dlib stages")
+    theirs = _stage_ms(dlib_one, usable, stage_repeats)
+
+    say("biofleet pipeline, batch of 32 images")
+    pipeline = FacePipeline(embedder, detector, landmarker, max_pixels=max_pixels, threads=2)
+    with pipeline:
+        pipeline_ms = _median_ms(lambda: pipeline.process(sample), stage_repeats, per=len(sample))
+
+    results = {
+        "dlib_ms_per_face": dlib_ms,
+        "port_ms_per_face": port_ms,
+        "ratio_dlib_over_port": ratio,
+        "stages_ms_per_face": {"biofleet": ours, "dlib": theirs},
+        "pipeline_ms_per_image_batch_32": pipeline_ms,
+        "max_abs_descriptor_difference": max_diff,
+        "faces": {"chips": len(chips), "stage_images": len(usable)},
+        "repeats": repeats,
+        "machine": machine(embedder.device),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def print_tables(results: dict) -> None:
+    """The results as two rich tables on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    m = results["machine"]
+    console.print(
+        f"device {m['device']} ({m.get('gpu') or m['processor']}), {m['cpu_count']} CPUs, "
+        f"torch {m['torch']} with {m['torch_threads']} threads, {results['date']}"
+    )
+    table = Table(title="face descriptor, ms per face")
+    for name in ("batch", "dlib (1 per call)", "port", "dlib / port"):
+        table.add_column(name, justify="right")
+    for size, ms in results["port_ms_per_face"].items():
+        ratio = results["ratio_dlib_over_port"][size]
+        table.add_row(size, f"{results['dlib_ms_per_face']:.2f}", f"{ms:.2f}", f"{ratio:.1f}x")
+    console.print(table)
+
+    stages = Table(title="pipeline stages, ms per face", caption="embed: port at batch 32, dlib one chip per call")
+    for name in ("stage", "biofleet", "dlib"):
+        stages.add_column(name, justify="right" if name != "stage" else "left")
+    ours, theirs = results["stages_ms_per_face"]["biofleet"], results["stages_ms_per_face"]["dlib"]
+    for stage in ours:
+        stages.add_row(stage, f"{ours[stage]:.2f}", f"{theirs[stage]:.2f}")
+    stages.add_row("total", f"{sum(ours.values()):.2f}", f"{sum(theirs.values()):.2f}")
+    console.print(stages)
+    console.print(
+        f"biofleet FacePipeline.process, 32 images: {results['pipeline_ms_per_image_batch_32']:.2f} ms per image; "
+        f"largest |dlib - port| descriptor difference: {results['max_abs_descriptor_difference']:.2e}"
+    )
+
+
+def main() -> None:
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda (default: settings)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds per figure (median taken)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    args = parser.parse_args()
+    results = run(args.device, args.repeats, args.out, settings.faces_dir, settings.model_cache_dir)
+    print_tables(results)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
