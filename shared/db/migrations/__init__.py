@@ -1,0 +1,1 @@
+"""Alembic migrations of the biofleet database (run with shared.db.migrate.upgrade)."""
