@@ -1,0 +1,76 @@
+"""create_app(settings=None) -> FastAPI: routes, auth, one error shape, the body limit, access logs.
+
+Backends (blob store, Celery, Redis, database URL) open on first use, so the app starts without them.
+"""
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.body_limit import BodyLimitMiddleware
+from api.deps import Backends
+from api.errors import install_error_handlers
+from api.metrics import ApiMetrics
+from api.routes import enrollments, health, identifications, jobs, subjects, verifications
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("api.access")
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+class AccessLogMiddleware:
+    """One structured line per request: method, path, status, duration_ms (never headers or bodies)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def watched_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        finally:
+            level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 400 else logging.INFO
+            log.log(level, "request", extra={
+                "method": scope["method"], "path": scope["path"], "status": status,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+            })  # fmt: skip
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The biofleet HTTP API."""
+    settings = settings or get_settings()
+    backends = Backends(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        backends.close()
+
+    app = FastAPI(
+        title="biofleet",
+        version="1",
+        summary="Asynchronous face enrollment, verification and identification jobs.",
+        lifespan=lifespan,
+    )
+    app.state.backends = backends
+    app.state.metrics = ApiMetrics(backends)
+    install_error_handlers(app)
+    for module in (enrollments, verifications, identifications, jobs, subjects, health):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)  # outermost: logs 413s too
+    return app

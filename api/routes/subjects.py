@@ -1,0 +1,126 @@
+"""GET /v1/subjects/{subject_id}: the subject and its templates per model version.
+DELETE /v1/subjects/{subject_id}: erase its templates, the subject and its stored images.
+
+subject_summary(session, tenant_id, subject_id) -> dict | None.
+erase_subject(session, tenant_id, subject_id) -> blob keys to delete, or None when nothing was there.
+"""
+
+import logging
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy import delete, func, select, update
+
+from api.auth import Tenant
+from api.deps import get_blobs, get_database_url
+from api.errors import ApiError
+from api.schemas import Subject as SubjectOut
+from api.schemas import errors
+from shared.db.models import FINAL_STATUSES, Job, Subject, Template
+from shared.db.session import session_scope
+from shared.jobs import is_subject_id
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["subjects"])
+
+ENROLL_KINDS = ("enroll", "reenroll")
+SUBJECT_DELETED = "subject_deleted"
+
+
+def _check(subject_id: str) -> None:
+    if not is_subject_id(subject_id):
+        raise ApiError(422, "bad_subject_id", "subject_id must match ^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _not_found(subject_id: str) -> ApiError:
+    return ApiError(404, "subject_not_found", f"no subject {subject_id}")
+
+
+def subject_summary(session, tenant_id: uuid.UUID, subject_id: str) -> dict | None:
+    subject = session.scalars(
+        select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject_id)
+    ).first()
+    if subject is None:
+        return None
+    counts = session.execute(
+        select(Template.model_version, func.count())
+        .where(Template.subject_id == subject.id)
+        .group_by(Template.model_version)
+        .order_by(Template.model_version)
+    ).all()
+    return {
+        "subject_id": subject.external_id,
+        "created_at": subject.created_at.isoformat(),
+        "templates": [{"model_version": name, "count": count} for name, count in counts],
+    }
+
+
+def erase_subject(session, tenant_id: uuid.UUID, subject_id: str) -> list[str] | None:
+    """Fail the subject's pending enrollments (so no worker re-creates it), delete its templates
+    and row, and clear the image keys of its enrollment jobs. Returns the keys to delete."""
+    of_subject = (Job.tenant_id == tenant_id, Job.subject_external_id == subject_id, Job.kind.in_(ENROLL_KINDS))
+    # First: this waits for a worker writing one of these jobs, so what it commits is seen below.
+    cancelled = session.execute(
+        update(Job)
+        .where(*of_subject, Job.status.not_in(FINAL_STATUSES))
+        .values(status="failed", error_code=SUBJECT_DELETED, error_message="the subject was deleted",
+                finished_at=func.now())  # fmt: skip
+        .returning(Job.id)
+    ).all()
+    jobs = session.execute(
+        select(Job.id, Job.blob_keys).where(*of_subject, func.jsonb_array_length(Job.blob_keys) > 0)
+    ).all()
+    keys = {key for _, job_keys in jobs for key in job_keys}
+    subject = session.scalars(
+        select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject_id)
+    ).first()
+    if subject is not None:
+        keys.update(
+            session.scalars(
+                select(Template.image_key).where(Template.subject_id == subject.id, Template.image_key.is_not(None))
+            )
+        )
+        session.execute(delete(Template).where(Template.subject_id == subject.id))
+        session.execute(delete(Subject).where(Subject.id == subject.id))
+    if jobs:
+        session.execute(update(Job).where(Job.id.in_([job_id for job_id, _ in jobs])).values(blob_keys=[]))
+    if subject is None and not jobs and not cancelled:
+        return None
+    return sorted(keys)
+
+
+@router.get("/subjects/{subject_id}", response_model=SubjectOut, responses=errors(401, 404, 422),
+            summary="A subject and its templates")  # fmt: skip
+def get_subject(subject_id: str, tenant_id: Tenant, database_url: Annotated[str, Depends(get_database_url)]):
+    _check(subject_id)
+    with session_scope(database_url) as session:
+        summary = subject_summary(session, tenant_id, subject_id)
+    if summary is None:
+        raise _not_found(subject_id)
+    return summary
+
+
+@router.delete("/subjects/{subject_id}", status_code=204, responses=errors(401, 404, 422),
+               summary="Erase a subject, its templates and its images")  # fmt: skip
+def delete_subject(
+    subject_id: str,
+    tenant_id: Tenant,
+    database_url: Annotated[str, Depends(get_database_url)],
+    blobs: Annotated[object, Depends(get_blobs)],
+):
+    """204 once erased; 404 when there is nothing (left) to erase."""
+    _check(subject_id)
+    with session_scope(database_url) as session:
+        keys = erase_subject(session, tenant_id, subject_id)
+    if keys is None:
+        raise _not_found(subject_id)
+    failed = 0
+    for key in keys:
+        try:
+            blobs.delete(key)
+        except Exception as exc:
+            failed += 1
+            log.warning("blob delete failed", extra={"blob_key": key, "error": type(exc).__name__})
+    log.info("subject erased", extra={"tenant_id": str(tenant_id), "images": len(keys), "delete_failures": failed})
+    return Response(status_code=204)

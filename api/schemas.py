@@ -1,0 +1,159 @@
+"""Request and response models: what /docs and /openapi.json describe.
+
+Submit bodies come as JSON (these models) or as multipart forms (the *_FORM schemas below);
+images in JSON are standard base64.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.jobs import SUBJECT_ID_PATTERN
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+JobKind = Literal["enroll", "verify", "identify", "reenroll"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cropped: bool = Field(False, description="The images are already aligned face crops: skip detection.")
+    callback_url: str | None = Field(
+        None, description="http(s) URL that gets a signed POST of the job JSON when final."
+    )
+
+
+class EnrollmentRequest(_Request):
+    images: list[str] = Field(default_factory=list, description="1 to max_images_per_enrollment base64 images.")
+
+
+class VerificationRequest(_Request):
+    subject_id: str | None = Field(None, description="The enrolled subject to compare with.")
+    image: str | None = Field(None, description="The probe image, base64.")
+
+
+class IdentificationRequest(_Request):
+    image: str | None = Field(None, description="The probe image, base64.")
+    top_k: int = Field(5, description="How many candidates to return, 1 to max_top_k.")
+
+
+def _form(properties: dict, required: list[str]) -> dict:
+    common = {
+        "cropped": {"type": "boolean", "default": False},
+        "callback_url": {"type": "string", "format": "uri"},
+    }
+    return {"type": "object", "properties": {**properties, **common}, "required": required}
+
+
+_FILE = {"type": "string", "format": "binary"}
+ENROLLMENT_FORM = _form({"images": {"type": "array", "items": _FILE}}, ["images"])
+VERIFICATION_FORM = _form({"subject_id": {"type": "string", "pattern": SUBJECT_ID_PATTERN}, "image": _FILE},
+                          ["subject_id", "image"])  # fmt: skip
+IDENTIFICATION_FORM = _form({"image": _FILE, "top_k": {"type": "integer", "default": 5}}, ["image"])
+
+
+def request_body(model: type[BaseModel], form: dict) -> dict:
+    """openapi_extra for a route that takes model as JSON or form as multipart."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": model.model_json_schema()},
+                "multipart/form-data": {"schema": form},
+            },
+        }
+    }
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine code, e.g. unauthorized, job_not_found, no_face.")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Candidate(BaseModel):
+    subject_id: str
+    distance: float
+
+
+class VerifyResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    distance: float
+    threshold: float
+    match: bool
+    model_version: str
+    templates_compared: int
+
+
+class IdentifyResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    candidates: list[Candidate] = Field(description="Nearest first, one per subject, at most top_k.")
+    threshold: float
+    model_version: str
+
+
+class EnrolledImage(BaseModel):
+    index: int
+    status: Literal["enrolled", "failed"]
+    error: ErrorDetail | None
+
+
+class EnrollResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    subject_id: str
+    templates_created: int
+    model_version: str
+    images: list[EnrolledImage]
+
+
+class Job(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    subject_id: str | None
+    error: ErrorDetail | None = Field(description="Set when failed: bad_image, image_too_large, no_face, "
+                                      "multiple_faces, subject_not_found, internal_error.")  # fmt: skip
+    result: VerifyResult | IdentifyResult | EnrollResult | None
+    model_version: str | None
+    batch_id: str | None
+    attempts: int
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TemplateCount(BaseModel):
+    model_version: str
+    count: int
+
+
+class Subject(BaseModel):
+    subject_id: str
+    created_at: datetime
+    templates: list[TemplateCount] = Field(description="Templates per model version.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+def errors(*statuses: int) -> dict:
+    """`responses=` for routes: each status documented with the error shape."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+def accepted(*statuses: int) -> dict:
+    """`responses=` for submit routes: 202 with Location, then the errors."""
+    location = {"description": "/v1/jobs/{id}: poll it for the result", "schema": {"type": "string"}}
+    replayed = {"description": "true when an Idempotency-Key returned an earlier job", "schema": {"type": "string"}}
+    queued = {"description": "Queued", "headers": {"Location": location, "Idempotent-Replayed": replayed}}
+    return {202: queued, **errors(*statuses)}

@@ -1,0 +1,136 @@
+"""What the three submit routes share: reading a JSON or multipart body, and answering 202.
+
+read_submission(request, model, image_field) -> (model instance, [image bytes]).
+decode_base64(text, index) -> bytes, or 422 "bad_base64".
+SubmitContext (a dependency): blobs, publisher, database URL, settings, metrics.
+accept(context, tenant_id, job_request, idempotency_key) -> 202 JSONResponse with Location.
+"""
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from api.deps import get_backends, get_blobs, get_database_url, get_publisher
+from api.errors import ApiError
+from shared.jobs import JobRequest, job_json, submit_job
+from shared.settings import Settings
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+@dataclass
+class SubmitContext:
+    blobs: Any
+    publisher: Any
+    database_url: str
+    settings: Settings
+    metrics: Any
+
+
+def submit_context(
+    request: Request,
+    blobs: Annotated[Any, Depends(get_blobs)],
+    publisher: Annotated[Any, Depends(get_publisher)],
+    database_url: Annotated[str, Depends(get_database_url)],
+) -> SubmitContext:
+    backends = get_backends(request)
+    return SubmitContext(blobs, publisher, database_url, backends.settings, request.app.state.metrics)
+
+
+Context = Annotated[SubmitContext, Depends(submit_context)]
+
+
+def decode_base64(text: str, index: int) -> bytes:
+    """Standard base64 (line breaks and a data: URL prefix allowed) -> bytes."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "bad_base64", f"image {index} is not valid base64") from None
+
+
+def _invalid(exc: ValidationError) -> RequestValidationError:
+    errors = [{**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors(include_input=False)]
+    return RequestValidationError(errors)
+
+
+async def _read_json(request: Request, model: type[BaseModel], image_field: str):
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, "validation_error", "the body is not valid JSON") from None
+    try:
+        body = model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    value = getattr(body, image_field)
+    texts = value if isinstance(value, list) else ([] if value is None else [value])
+    return body, [decode_base64(text, i) for i, text in enumerate(texts)]
+
+
+async def _read_form(request: Request, model: type[BaseModel], image_field: str):
+    form = await request.form()
+    try:
+        images, fields = [], {}
+        for name, value in form.multi_items():
+            if name == image_field:
+                if not isinstance(value, UploadFile):
+                    raise ApiError(422, "validation_error", f"{image_field} must be file parts")
+                images.append(await value.read())
+            elif isinstance(value, UploadFile):
+                raise ApiError(422, "validation_error", f"unexpected file field {name!r}")
+            elif value != "":
+                fields[name] = value
+        try:
+            body = model.model_validate(fields)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        return body, images
+    finally:
+        await form.close()
+
+
+async def read_submission(request: Request, model: type[BaseModel], image_field: str):
+    """The body as `model` and the decoded images, from JSON or multipart/form-data."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return await _read_json(request, model, image_field)
+    if content_type == "multipart/form-data":
+        return await _read_form(request, model, image_field)
+    raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
+
+
+async def accept(
+    context: SubmitContext, tenant_id: uuid.UUID, job_request: JobRequest, idempotency_key: str | None
+) -> JSONResponse:
+    """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay)."""
+    submitted = await run_in_threadpool(
+        submit_job,
+        tenant_id,
+        job_request,
+        blobs=context.blobs,
+        celery=context.publisher,
+        database_url=context.database_url,
+        settings=context.settings,
+        idempotency_key=idempotency_key,
+    )
+    job = submitted.job
+    if submitted.created:
+        context.metrics.submitted(job.kind)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    if not submitted.created:
+        headers[REPLAY_HEADER] = "true"
+    return JSONResponse(job_json(job), status_code=202, headers=headers)

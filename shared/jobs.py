@@ -1,0 +1,287 @@
+"""The submit path, for the API and for batch scripts: store the images, insert the job row, publish.
+
+JobRequest(kind, images, subject_id, top_k, cropped, callback_url): what a client asks for.
+validate(request, settings) -> None, or SubmitError with a stable code.
+submit_job(tenant_id, request, blobs, celery, database_url, settings, idempotency_key=None)
+    -> Submitted(job, created).
+    With an idempotency key, the same key and the same request give back the first job
+    (created=False); the same key with another request raises IdempotencyConflict. When the broker
+    cannot take the message, the row and the images are removed and QueueUnavailable is raised.
+job_json(job) -> dict: the public JSON of a job row (GET /v1/jobs/{id}, callbacks).
+find_job(session, tenant_id, job_id) -> Job | None.
+"""
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
+
+from shared.blob import BlobStore
+from shared.db.models import Job
+from shared.db.session import session_scope
+from shared.messages import JobMessage
+from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUBJECT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_SUBJECT_ID = re.compile(SUBJECT_ID_PATTERN)
+MAX_IDEMPOTENCY_KEY = 200  # Job.idempotency_key column width
+MESSAGE_MAX_IMAGES = 10  # JobMessage.blob_keys max_length
+SUBJECT_KINDS = ("enroll", "verify", "reenroll")
+# Short, bounded retries: a client waiting on a 202 should get a 503 quickly when Redis is down.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+class SubmitError(Exception):
+    """A request that cannot become a job; code is stable, message is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class IdempotencyConflict(SubmitError):
+    def __init__(self):
+        super().__init__("idempotency_conflict", "this Idempotency-Key was used with a different request")
+
+
+class QueueUnavailable(SubmitError):
+    def __init__(self):
+        super().__init__("queue_unavailable", "the job queue is unavailable; retry later")
+
+
+class StorageUnavailable(SubmitError):
+    def __init__(self):
+        super().__init__("storage_unavailable", "the image store is unavailable; retry later")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job as asked for: kind, image bytes and the options of that kind."""
+
+    kind: str
+    images: tuple[bytes, ...]
+    subject_id: str | None = None
+    top_k: int | None = None
+    cropped: bool = False
+    callback_url: str | None = None
+
+    def request_hash(self) -> str:
+        """sha256 hex of the canonical request (images by their sha256), whatever the HTTP form."""
+        canonical = {
+            "kind": self.kind,
+            "subject_id": self.subject_id,
+            "top_k": self.top_k,
+            "cropped": self.cropped,
+            "callback_url": self.callback_url,
+            "images": [hashlib.sha256(image).hexdigest() for image in self.images],
+        }
+        return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Submitted:
+    job: Job  # detached row, readable
+    created: bool  # False when an idempotent replay returned an earlier job
+
+
+def is_subject_id(value: str) -> bool:
+    return bool(_SUBJECT_ID.fullmatch(value))
+
+
+def validate(request: JobRequest, settings: Settings) -> None:
+    """Raise SubmitError for a request that breaks a limit; None when it is acceptable."""
+    if request.kind not in QUEUE_FOR_KIND:
+        raise SubmitError("bad_kind", f"unknown job kind {request.kind!r}")
+    most = min(settings.max_images_per_enrollment, MESSAGE_MAX_IMAGES) if request.kind in ("enroll", "reenroll") else 1
+    if not request.images:
+        raise SubmitError("no_images", "at least one image is required")
+    if len(request.images) > most:
+        raise SubmitError("too_many_images", f"at most {most} image(s) per {request.kind} job")
+    for index, image in enumerate(request.images):
+        if not image:
+            raise SubmitError("empty_image", f"image {index} is empty")
+    if request.kind in SUBJECT_KINDS:
+        if not request.subject_id or not is_subject_id(request.subject_id):
+            raise SubmitError("bad_subject_id", "subject_id must match " + SUBJECT_ID_PATTERN)
+    elif request.subject_id is not None:
+        raise SubmitError("bad_subject_id", f"{request.kind} jobs take no subject_id")
+    if request.kind == "identify":
+        if request.top_k is None or not 1 <= request.top_k <= settings.max_top_k:
+            raise SubmitError("bad_top_k", f"top_k must be between 1 and {settings.max_top_k}")
+    if request.callback_url is not None and not is_callback_url(request.callback_url):
+        raise SubmitError("bad_callback_url", "callback_url must be an absolute http(s) URL")
+
+
+def is_callback_url(url: str) -> bool:
+    try:
+        parsed = urlparse(url)
+    except ValueError:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.hostname) and len(url) <= 2048
+
+
+def blob_key(tenant_id: uuid.UUID, job_id: uuid.UUID, index: int) -> str:
+    return f"{tenant_id}/{job_id}/{index}"
+
+
+def submit_job(
+    tenant_id: uuid.UUID,
+    request: JobRequest,
+    blobs: BlobStore,
+    celery,
+    database_url: str,
+    settings: Settings,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store the images, insert the queued job row, publish its message. See the module docstring."""
+    validate(request, settings)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise SubmitError("bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    digest = request.request_hash()
+    if idempotency_key is not None:
+        with session_scope(database_url) as session:
+            earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, digest)
+
+    job_id = uuid.uuid4()
+    keys = [blob_key(tenant_id, job_id, i) for i in range(len(request.images))]
+    _put_all(blobs, keys, request.images)
+    try:
+        with session_scope(database_url) as session:
+            job = session.scalars(
+                insert(Job)
+                .values(
+                    id=job_id, tenant_id=tenant_id, kind=request.kind, status="queued",
+                    subject_external_id=request.subject_id, top_k=request.top_k, cropped=request.cropped,
+                    blob_keys=keys, callback_url=request.callback_url, attempts=0,
+                    idempotency_key=idempotency_key, request_hash=digest,
+                )  # fmt: skip
+                .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+                .returning(Job)
+            ).first()
+            if job is None:  # another request with this key won the race
+                earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+    except BaseException:
+        _delete_all(blobs, keys)
+        raise
+    if job is None:
+        _delete_all(blobs, keys)
+        if earlier is None:  # the winner's row was removed again: its publish failed
+            raise QueueUnavailable()
+        return _replay(earlier, digest)
+
+    try:
+        publish(celery, message_for(job))
+    except Exception as exc:
+        log.warning(
+            "publish failed; job removed",
+            extra={"job_id": str(job_id), "kind": request.kind, "error": type(exc).__name__},
+        )
+        with session_scope(database_url) as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+        _delete_all(blobs, keys)
+        raise QueueUnavailable() from exc
+    log.info(
+        "job queued",
+        extra={"job_id": str(job_id), "tenant_id": str(tenant_id), "kind": request.kind, "images": len(keys)},
+    )
+    return Submitted(job=job, created=True)
+
+
+def message_for(job: Job) -> JobMessage:
+    """The Celery kwargs of a queued job row."""
+    return JobMessage(
+        job_id=str(job.id),
+        tenant_id=str(job.tenant_id),
+        kind=job.kind,
+        blob_keys=list(job.blob_keys),
+        subject_id=job.subject_external_id,
+        top_k=job.top_k,
+        cropped=bool(job.cropped),
+        submitted_at=job.submitted_at.timestamp(),
+    )
+
+
+def publish(celery, message: JobMessage) -> None:
+    """Send the job's message to its kind's queue; the task id is the job id."""
+    celery.send_task(
+        RUN_JOBS_TASK,
+        kwargs=message.model_dump(mode="json"),
+        queue=QUEUE_FOR_KIND[message.kind],
+        task_id=message.job_id,
+        retry=True,
+        retry_policy=PUBLISH_RETRY,
+    )
+
+
+def find_job(session, tenant_id: uuid.UUID, job_id: str | uuid.UUID) -> Job | None:
+    """The tenant's job with that id; None when unknown, malformed or another tenant's."""
+    try:
+        job_uuid = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+    return session.scalars(select(Job).where(Job.id == job_uuid, Job.tenant_id == tenant_id)).first()
+
+
+def job_json(job: Job) -> dict:
+    """The public JSON of a job row."""
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    return {
+        "id": str(job.id),
+        "kind": job.kind,
+        "status": job.status,
+        "subject_id": job.subject_external_id,
+        "error": error,
+        "result": job.result,
+        "model_version": job.model_version,
+        "batch_id": job.batch_id,
+        "attempts": job.attempts,
+        "submitted_at": _iso(job.submitted_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _by_idempotency_key(session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
+
+
+def _replay(earlier: Job, digest: str) -> Submitted:
+    if earlier.request_hash != digest:
+        raise IdempotencyConflict()
+    return Submitted(job=earlier, created=False)
+
+
+def _put_all(blobs: BlobStore, keys: list[str], images: tuple[bytes, ...]) -> None:
+    done = []
+    try:
+        for key, image in zip(keys, images, strict=True):
+            blobs.put(key, image)
+            done.append(key)
+    except Exception as exc:
+        log.warning("blob write failed", extra={"blob_key": key, "error": type(exc).__name__})
+        _delete_all(blobs, done)
+        raise StorageUnavailable() from exc
+
+
+def _delete_all(blobs: BlobStore, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            blobs.delete(key)
+        except Exception as exc:
+            log.warning("blob delete failed", extra={"blob_key": key, "error": type(exc).__name__})
