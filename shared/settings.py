@@ -49,12 +49,15 @@ class Settings(BaseSettings):
     worker_concurrency: int = 1
     visibility_timeout_s: int = 900
     db_retry_s: float = 60.0  # how long a batch waits for Postgres before handing its jobs back
+    max_job_attempts: int = Field(5, ge=1)  # deliveries of one job before it fails (worker crashes)
+    fetch_threads: int = Field(8, ge=1)  # parallel blob reads per batch
 
     # Retention and callbacks.
     probe_retention_s: int = 0  # verify/identify images are deleted once their job is final
     enrollment_retention_days: int = 365  # kept for re-enrollment on a model change
     callback_secret: str = "change-me"
     callback_max_attempts: int = 6
+    callback_timeout_s: float = 5.0
 
     # Flower.
     flower_port: int = 5555
