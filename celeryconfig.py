@@ -14,11 +14,15 @@ from shared.settings import get_settings
 _settings = get_settings()
 
 broker_url = resolve(_settings).redis_url
+# kombu's Redis transport, dropping (not crashing on) bytes that are not a JSON message.
+broker_transport = "shared.broker:SafeRedisTransport"
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     # A message reserved but not acked goes back to its queue after this long: longer than the
     # slowest batch (including db_retry_s), short enough that a dead worker's jobs do not wait long.
     "visibility_timeout": _settings.visibility_timeout_s,
+    # Consume queues in the order the worker lists them (shared.queues.CONSUME_ORDER), not round robin.
+    "queue_order_strategy": "priority",
 }
 
 task_serializer = "json"

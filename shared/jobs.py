@@ -23,6 +23,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.blob import BlobStore
+from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.messages import JobMessage
@@ -120,6 +121,11 @@ def validate(request: JobRequest, settings: Settings) -> None:
             raise SubmitError("bad_top_k", f"top_k must be between 1 and {settings.max_top_k}")
     if request.callback_url is not None and not is_callback_url(request.callback_url):
         raise SubmitError("bad_callback_url", "callback_url must be an absolute http(s) URL")
+    if request.callback_url is not None:
+        try:  # a host that does not resolve now is checked again before each post
+            check_callback_url(request.callback_url, allowed_networks(settings.callback_allowed_networks), strict=False)
+        except CallbackRefused as exc:
+            raise SubmitError("callback_url_not_allowed", str(exc)) from None
 
 
 def is_callback_url(url: str) -> bool:
@@ -209,6 +215,7 @@ def message_for(job: Job) -> JobMessage:
         subject_id=job.subject_external_id,
         top_k=job.top_k,
         cropped=bool(job.cropped),
+        model_version=job.model_version if job.kind == "reenroll" else None,  # the version it writes
         submitted_at=job.submitted_at.timestamp(),
     )
 

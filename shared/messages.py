@@ -20,4 +20,5 @@ class JobMessage(BaseModel):
     subject_id: str | None = None  # enroll, verify, reenroll
     top_k: int | None = None  # identify
     cropped: bool = False  # the images are already face crops: skip detection
+    model_version: str | None = None  # reenroll: the version whose templates the job writes
     submitted_at: float  # unix seconds, for end-to-end latency

@@ -13,5 +13,9 @@ ALL_QUEUES = JOB_QUEUES + (CALLBACKS,)
 RUN_JOBS_TASK = "biofleet.run_jobs"
 CALLBACK_TASK = "biofleet.post_callback"
 
+# The order a worker consumes its queues in (Redis queue_order_strategy "priority"): a message
+# waiting in an earlier queue is taken first: bulk reenroll is consumed when the others are empty.
+CONSUME_ORDER = (VERIFY, IDENTIFY, ENROLL, CALLBACKS, REENROLL)
+
 # The queue a job kind goes to.
 QUEUE_FOR_KIND = {"verify": VERIFY, "enroll": ENROLL, "identify": IDENTIFY, "reenroll": REENROLL}

@@ -7,7 +7,7 @@ gossip, node name biofleet-<pid>@<host>, log level from settings. Extra argument
 import os
 import sys
 
-from shared.queues import ALL_QUEUES
+from shared.queues import CONSUME_ORDER
 from shared.settings import get_settings
 
 
@@ -16,7 +16,7 @@ def worker_argv(extra: list[str] | None = None) -> list[str]:
     settings = get_settings()
     return [
         "worker",
-        "--queues", ",".join(ALL_QUEUES),
+        "--queues", ",".join(CONSUME_ORDER),  # in priority order (celeryconfig)
         "--pool", "prefork",
         "--concurrency", str(settings.worker_concurrency),
         "--task-events",

@@ -2,7 +2,8 @@
 
 Each pool process, when it starts (worker_process_init), loads the face pipeline once, warms it
 up with one forward pass, makes sure its model version row exists, and serves its metrics; only
-then does it take batches. get_runtime() -> the process's batch.Runtime (loaded on first use in
+then does it take batches. The main process runs worker.sweeper's Housekeeper (stranded jobs
+published again, retention). get_runtime() -> the process's batch.Runtime (loaded on first use in
 processes that skip the signal, such as a solo pool).
 """
 
@@ -26,6 +27,7 @@ ARCHITECTURE = "dlib-resnet-29"
 PREPROCESSING = {"chip_size": 150, "chip_padding": 0.25, "landmarks": 5, "descriptor": 128}
 
 _runtime: Runtime | None = None
+_housekeeper = None  # worker.sweeper.Housekeeper of the main process
 
 
 @signals.setup_logging.connect
@@ -49,6 +51,22 @@ def _init_pool_process(**_) -> None:
         start_metrics_server(settings.worker_metrics_port + (current_process_index(base=0) or 0))
 
 
+@signals.worker_ready.connect
+def _start_housekeeping(**_) -> None:
+    """The sweeper and retention thread, in the main process (worker.sweeper)."""
+    global _housekeeper
+    from worker.sweeper import Housekeeper
+
+    _housekeeper = Housekeeper(get_settings())
+    _housekeeper.start()
+
+
+@signals.worker_shutting_down.connect
+def _stop_housekeeping(**_) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stop()
+
+
 def get_runtime() -> Runtime:
     """This process's Runtime, loaded once."""
     global _runtime
@@ -69,12 +87,15 @@ def load_runtime(settings: Settings) -> Runtime:
         device=settings.device,
         detector=settings.detector,
         upsample=settings.detector_upsample,
+        cnn_upsample=settings.detector_cnn_upsample,
         max_pixels=settings.max_image_pixels,
         multiple_faces=settings.multiple_faces,
         threads=settings.decode_threads,
         cache_dir=settings.model_cache_dir,
     )
-    pipeline.embedder = TimedEmbedder(pipeline.embedder)
+    from worker.variants import MultiEmbedder, VersionBook
+
+    pipeline.embedder = TimedEmbedder(MultiEmbedder(pipeline.embedder))  # every version of this network
     warm_up(pipeline)
     sha = pipeline.embedder.weights_sha256
     with_db_retry(lambda: ensure_model_version(urls.database_url, settings, sha), settings.db_retry_s)
@@ -91,6 +112,7 @@ def load_runtime(settings: Settings) -> Runtime:
         settings=settings,
         republish=tasks.republish,
         enqueue_callback=tasks.enqueue_callback,
+        versions=VersionBook(ARCHITECTURE, sha, settings.model_version, settings.match_threshold),
     )
 
 
@@ -107,20 +129,27 @@ def warm_up(pipeline) -> None:
 
 
 def ensure_model_version(database_url: str, settings: Settings, weights_sha256: str) -> None:
-    """Insert this worker's model version (do nothing if it exists); refuse to run when the
-    existing row names other weights, since templates would then mix two networks."""
+    """Insert this worker's model version (do nothing if it exists): active when no version of this
+    network is active yet, else a candidate. Refuse to run when the existing row names other
+    weights, since templates would then mix two networks."""
+    from sqlalchemy import select
+
     from shared.db.session import session_scope
+    from worker.variants import PRESETS
 
     with session_scope(database_url) as session:
+        has_active = session.execute(
+            select(ModelVersion.name).where(ModelVersion.architecture == ARCHITECTURE, ModelVersion.status == "active")
+        ).first()
         session.execute(
             insert(ModelVersion)
             .values(
                 name=settings.model_version,
                 architecture=ARCHITECTURE,
                 weights_sha256=weights_sha256,
-                preprocessing=PREPROCESSING,
+                preprocessing=PRESETS.get(settings.model_version, PREPROCESSING),
                 threshold=settings.match_threshold,
-                status="active",
+                status="candidate" if has_active else "active",
             )
             .on_conflict_do_nothing(index_elements=["name"])
         )

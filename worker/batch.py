@@ -1,10 +1,12 @@
 """One batch of job messages as one unit of work, testable without Celery.
 
 run_batch(deliveries, runtime, batch_id=None) -> BatchReport:
-  parse the messages (poison ones are logged and dropped) -> mark the jobs running -> fetch their
-  images from the blob store (thread pool) -> one FacePipeline.process call for every image of
-  every job -> compare (verify, identify) -> one transaction: templates and final job statuses
-  -> delete probe images -> queue callbacks.
+  parse the messages (poison ones are logged and dropped) -> mark the jobs running -> plan model
+  versions (runtime.versions: verify and identify use the active version, enroll writes the
+  active one and every candidate, reenroll the version its message names) -> fetch their images
+  from the blob store (thread pool) -> one FacePipeline.process call for every image of every job
+  (one per set of versions) -> compare (verify, identify) -> one transaction: templates and final
+  job statuses -> delete probe images -> queue callbacks.
 
 Every job is decided on its own: an image error fails only its job, an unexpected error fails
 the jobs still undecided with internal_error. Only an unreachable Postgres (after retrying for
@@ -67,6 +69,9 @@ class Runtime:
     settings: Settings
     republish: Callable[[list[Delivery]], None]  # send these messages again, unchanged
     enqueue_callback: Callable[[str], None]  # queue CALLBACK_TASK for a job id
+    # worker.variants.VersionBook: the active version and the candidates, read per batch. None:
+    # every job uses model_version.
+    versions: Any = None
 
 
 @dataclass
@@ -78,6 +83,7 @@ class Outcome:
     error_code: str | None = None
     error_message: str | None = None
     templates: list[tuple[int, np.ndarray, str]] = field(default_factory=list)  # (index, descriptor, key)
+    extra_templates: dict[str, list] = field(default_factory=dict)  # other version -> templates like above
 
 
 def failed(code: str, message: str) -> Outcome:
@@ -102,6 +108,12 @@ class WorkItem:
     images: list = field(default_factory=list)  # bytes, or a FaceResult error when the fetch failed
     faces: list[FaceResult] = field(default_factory=list)  # one per image
     outcome: Outcome | None = None
+    versions: tuple[str, ...] = ()  # the model versions this job embeds for; the first is its own
+    descriptors: list[dict] = field(default_factory=list)  # per image: version -> descriptor
+
+    @property
+    def model_version(self) -> str | None:
+        return self.versions[0] if self.versions else None
 
 
 @dataclass
@@ -198,7 +210,7 @@ def mark_running(session, messages, batch_id: str, runtime: Runtime):
             started_at=func.now(),
             attempts=Job.attempts + 1,
             batch_id=batch_id,
-            model_version=runtime.model_version,
+            model_version=func.coalesce(Job.model_version, runtime.model_version),  # reenroll: its target
         )
         .returning(
             Job.id, Job.tenant_id, Job.kind, Job.subject_external_id, Job.top_k, Job.cropped,
@@ -235,9 +247,13 @@ def decide(items: list[WorkItem], runtime: Runtime, batch_id: str) -> None:
     """Fetch, embed and compare: give every item an outcome. DatabaseUnavailable passes through;
     any other error fails the items still undecided with internal_error."""
     try:
+        preprocessing = with_db_retry(
+            lambda: _in_transaction(runtime, lambda s: plan_versions(s, items, runtime)),
+            runtime.settings.db_retry_s,
+        )
         with metrics.stage("fetch"):
             fetch(items, runtime)
-        embed(items, runtime, batch_id)
+        embed(items, runtime, batch_id, preprocessing)
         with metrics.stage("compare"):
             with_db_retry(
                 lambda: _in_transaction(runtime, lambda s: compare_all(s, items, runtime)),
@@ -280,13 +296,64 @@ def _read_blob(blobs: BlobStore, key: str) -> bytes | FaceResult:
     return FaceResult(error_code=INTERNAL_ERROR, error_message="image could not be read from the blob store")
 
 
-def embed(items: list[WorkItem], runtime: Runtime, batch_id: str) -> None:
-    """One pipeline.process call for every fetched image of every undecided item; on an
-    unexpected error, one call per item, so that only the item that breaks it fails."""
-    pending = [item for item in items if item.outcome is None]
+VERSION_UNAVAILABLE = "model_version_unavailable"
+
+
+def plan_versions(session, items: list[WorkItem], runtime: Runtime) -> dict[str, dict]:
+    """Give each undecided item its versions: verify and identify the active one, enroll the active
+    one and the candidates, reenroll the version its message names. Returns version -> preprocessing."""
+    if runtime.versions is None:
+        for item in items:
+            item.versions = (runtime.model_version,)
+        return {runtime.model_version: {}}
+    from worker.variants import PRESETS
+
+    plan = runtime.versions.plan(session)
+    for item in items:
+        if item.outcome is not None:
+            continue
+        if item.kind == "enroll":
+            item.versions = plan.enroll
+        elif item.kind == "reenroll":
+            target = item.message.model_version if item.message is not None else None
+            row = plan.servable.get(target) if target else None
+            if row is None or row.status == "retired":
+                item.versions = (target or runtime.model_version,)
+                item.outcome = failed(VERSION_UNAVAILABLE, f"model version {target!r} is not one this worker can write")
+                continue
+            item.versions = (target,)
+        else:
+            item.versions = (plan.active,)
+    return {name: dict(row.preprocessing or PRESETS.get(name, {})) for name, row in plan.servable.items()}
+
+
+def _multi_embedder(pipeline):
+    """The worker.variants.MultiEmbedder inside pipeline.embedder (through wrappers), or None."""
+    from worker.variants import MultiEmbedder
+
+    embedder = getattr(pipeline, "embedder", None)
+    while embedder is not None and not isinstance(embedder, MultiEmbedder):
+        embedder = embedder.__dict__.get("inner")
+    return embedder
+
+
+def embed(items: list[WorkItem], runtime: Runtime, batch_id: str, preprocessing: dict | None = None) -> None:
+    """One pipeline.process call per set of versions for every fetched image of the undecided
+    items (usually one call); on an unexpected error, one call per item, so that only the item
+    that breaks it fails."""
+    groups: dict[tuple, list[WorkItem]] = {}
+    for item in items:
+        if item.outcome is None:
+            groups.setdefault(item.versions or (runtime.model_version,), []).append(item)
+    for versions, pending in groups.items():
+        _embed_group(pending, versions, runtime, batch_id, preprocessing or {})
+
+
+def _embed_group(pending: list[WorkItem], versions: tuple, runtime: Runtime, batch_id: str, preprocessing: dict) -> None:
     images, cropped, slots = [], [], []
     for item in pending:
         item.faces = [None] * len(item.images)
+        item.descriptors = [{} for _ in item.images]
         for index, data in enumerate(item.images):
             if isinstance(data, FaceResult):
                 item.faces[index] = data
@@ -296,13 +363,42 @@ def embed(items: list[WorkItem], runtime: Runtime, batch_id: str) -> None:
                 slots.append((item, index))
     if not images:
         return
+    multi = _multi_embedder(runtime.pipeline)
+    if multi is not None:
+        multi.want = {name: preprocessing.get(name, {}) for name in versions}
+    elif len(versions) > 1 or versions[0] != runtime.model_version:
+        for item in pending:
+            item.outcome = failed(VERSION_UNAVAILABLE, f"this worker computes only {runtime.model_version}")
+        return
+
+    def run(part_images, part_cropped):
+        if multi is not None:
+            multi.last = {}
+        return _with_versions(process_images(runtime.pipeline, part_images, part_cropped), multi, versions)
+
     try:
-        results = process_images(runtime.pipeline, images, cropped)
+        results = run(images, cropped)
     except Exception:
         log.exception("batch forward pass failed; retrying job by job", extra={"batch_id": batch_id})
-        results = _process_one_by_one(runtime.pipeline, images, cropped, slots, batch_id)
-    for (item, index), result in zip(slots, results):
+        results = _process_one_by_one(run, images, cropped, slots, batch_id)
+    for (item, index), (result, by_version) in zip(slots, results):
         item.faces[index] = result
+        item.descriptors[index] = by_version
+
+
+def _with_versions(results: list[FaceResult], multi, versions: tuple) -> list[tuple[FaceResult, dict]]:
+    """Each result with its descriptor per version (from the MultiEmbedder's last call)."""
+    if multi is None:
+        return [(r, {versions[0]: r.descriptor} if r.ok else {}) for r in results]
+    found = [i for i, r in enumerate(results) if r.ok]
+    per_image: list[dict] = [{} for _ in results]
+    for name in versions:
+        rows = multi.last.get(name, np.zeros((0, 128), dtype=np.float32))
+        if len(rows) != len(found):
+            raise RuntimeError(f"{len(rows)} descriptors of {name} for {len(found)} faces")
+        for i, row in zip(found, rows):
+            per_image[i][name] = row
+    return list(zip(results, per_image))
 
 
 def process_images(pipeline, images: list[bytes], cropped: list[bool]) -> list[FaceResult]:
@@ -324,8 +420,9 @@ def process_images(pipeline, images: list[bytes], cropped: list[bool]) -> list[F
     return results
 
 
-def _process_one_by_one(pipeline, images, cropped, slots, batch_id) -> list[FaceResult]:
-    results: list[FaceResult] = []
+def _process_one_by_one(run, images, cropped, slots, batch_id) -> list[tuple[FaceResult, dict]]:
+    """run(images, cropped) on each item's images alone; an item whose call fails gets errors."""
+    results: list[tuple[FaceResult, dict]] = []
     start = 0
     while start < len(slots):
         item = slots[start][0]
@@ -333,23 +430,30 @@ def _process_one_by_one(pipeline, images, cropped, slots, batch_id) -> list[Face
         while end < len(slots) and slots[end][0] is item:
             end += 1
         try:
-            results.extend(process_images(pipeline, images[start:end], cropped[start:end]))
+            results.extend(run(images[start:end], cropped[start:end]))
         except Exception:
             log.exception("forward pass failed for a job", extra={"job_id": str(item.job_id), "batch_id": batch_id})
             error = FaceResult(error_code=INTERNAL_ERROR, error_message="internal error while processing the image")
-            results.extend([error] * (end - start))
+            results.extend([(error, {})] * (end - start))
         start = end
     return results
 
 
 def compare_all(session, items: list[WorkItem], runtime: Runtime) -> None:
     """Give every undecided item its outcome (verify and identify read templates)."""
-    mv = runtime.model_version
     pending = [item for item in items if item.outcome is None]
-    threshold = compare.model_threshold(session, mv, runtime.settings.match_threshold)
-    verify_keys = [(i.tenant_id, i.subject) for i in pending if i.kind == "verify" and i.faces and i.faces[0].ok]
-    templates = compare.subject_templates(session, mv, verify_keys)
+    used = {item.model_version or runtime.model_version for item in pending}
+    thresholds = {v: compare.model_threshold(session, v, runtime.settings.match_threshold) for v in used}
+    templates = {}
+    for v in used:
+        verify_keys = [
+            (i.tenant_id, i.subject) for i in pending
+            if i.kind == "verify" and i.faces and i.faces[0].ok and (i.model_version or runtime.model_version) == v
+        ]  # fmt: skip
+        templates[v] = compare.subject_templates(session, v, verify_keys)
     for item in pending:
+        mv = item.model_version or runtime.model_version
+        threshold = thresholds[mv]
         if item.kind in ENROLL_KINDS:
             item.outcome = enroll_outcome(item, mv)
             continue
@@ -357,7 +461,7 @@ def compare_all(session, items: list[WorkItem], runtime: Runtime) -> None:
         if not probe.ok:
             item.outcome = failed(probe.error_code or INTERNAL_ERROR, probe.error_message or "no descriptor")
         elif item.kind == "verify":
-            gallery = templates.get((item.tenant_id, item.subject))
+            gallery = templates[mv].get((item.tenant_id, item.subject))
             if gallery is None:
                 item.outcome = failed(SUBJECT_NOT_FOUND, f"subject {item.subject!r} has no templates of {mv}")
                 continue
@@ -392,7 +496,16 @@ def enroll_outcome(item: WorkItem, model_version: str) -> Outcome:
         return failed(first["code"], first["message"])
     result = {"subject_id": item.subject, "templates_created": len(templates), "model_version": model_version,
               "images": images}  # fmt: skip
-    return Outcome(status="succeeded", result=result, templates=templates)
+    extra = {}
+    for version in item.versions[1:]:  # candidates written beside the active version
+        extra[version] = [
+            (index, item.descriptors[index][version], key)
+            for index, _, key in templates
+            if index < len(item.descriptors) and version in item.descriptors[index]
+        ]
+    if extra:
+        result["also_written"] = {version: len(rows) for version, rows in extra.items()}
+    return Outcome(status="succeeded", result=result, templates=templates, extra_templates=extra)
 
 
 # --- the transaction -------------------------------------------------------------------------
@@ -446,7 +559,7 @@ def write_outcomes(session, items: list[WorkItem], model_version: str, batch_id:
                 error_message=outcome.error_message,
                 finished_at=func.now(),
                 batch_id=batch_id,
-                model_version=model_version,
+                model_version=item.model_version or model_version,
             )
             .returning(Job.id)
         ).first()
@@ -454,13 +567,17 @@ def write_outcomes(session, items: list[WorkItem], model_version: str, batch_id:
             log.info("job already final, not rewritten", extra={"job_id": str(item.job_id), "batch_id": batch_id})
             continue
         if outcome.templates:
-            write_templates(session, item, model_version)
+            write_templates(session, item, item.model_version or model_version)
+        for version, rows in outcome.extra_templates.items():
+            if rows:
+                write_templates(session, item, version, rows)
         written.append(item)
     return written
 
 
-def write_templates(session, item: WorkItem, model_version: str) -> None:
-    """Create the subject if missing, then its templates (ON CONFLICT DO NOTHING)."""
+def write_templates(session, item: WorkItem, model_version: str, templates: list | None = None) -> None:
+    """Create the subject if missing, then its templates of model_version (default: the outcome's
+    own), ON CONFLICT DO NOTHING."""
     session.execute(
         insert(Subject)
         .values(id=uuid.uuid4(), tenant_id=item.tenant_id, external_id=item.subject)
@@ -475,7 +592,7 @@ def write_templates(session, item: WorkItem, model_version: str) -> None:
             "model_version": model_version, "embedding": np.asarray(descriptor, dtype=np.float32),
             "source_job_id": item.job_id, "image_index": index, "image_key": key,
         }  # fmt: skip
-        for index, descriptor, key in item.outcome.templates
+        for index, descriptor, key in (item.outcome.templates if templates is None else templates)
     ]
     session.execute(
         insert(Template)

@@ -6,6 +6,8 @@ signed callback, retried with exponential backoff up to settings.callback_max_at
 """
 
 import logging
+import threading
+import time
 
 from billiard.exceptions import WorkerLostError
 from celery_batches import Batches, SimpleRequest
@@ -23,24 +25,51 @@ settings = get_settings()
 
 
 class JobBatches(Batches):
-    """Batches that hands its requests back to the broker when the pool process running them
-    dies (task_reject_on_worker_lost), instead of leaving them unacked until the visibility
-    timeout. Otherwise as celery_batches.Batches.flush."""
+    """celery_batches.Batches with two changes:
+
+    - dynamic batching: while every pool process is busy, the flush timer leaves the buffer to
+      grow (up to flush_every) instead of queueing a small batch behind the running one;
+    - a batch whose pool process dies goes back to the broker (task_reject_on_worker_lost)
+      instead of staying unacked until the visibility timeout.
+    """
+
+    _in_flight = 0
+    _in_flight_lock = threading.Lock()
+    _last_flush = 0.0
+    HOLD_LIMIT_S = 5.0  # never hold a partial batch longer, whatever the pool reports
+
+    def _pool_busy(self) -> bool:
+        held_s = time.monotonic() - self._last_flush
+        return self._in_flight >= settings.worker_concurrency and held_s < self.HOLD_LIMIT_S
+
+    def _do_flush(self):
+        if self._pool_busy() and self._buffer.qsize() < self.flush_every:
+            return  # flushed when the buffer is full or, on a later tick, once a process is free
+        super()._do_flush()
+
+    def _batch_done(self):
+        with self._in_flight_lock:
+            JobBatches._in_flight -= 1
 
     def flush(self, requests):
         requests = list(requests)
         early = [r for r in requests if not r.task.acks_late]
         late = [r for r in requests if r.task.acks_late]
+        with self._in_flight_lock:
+            JobBatches._in_flight += 1
+            JobBatches._last_flush = time.monotonic()
 
         def on_accepted(pid, time_accepted):
             for request in early:
                 request.acknowledge()
 
         def on_return(result):
+            self._batch_done()
             for request in late:
                 request.acknowledge()
 
         def on_error(exc_info):
+            self._batch_done()
             exc = getattr(exc_info, "exception", None)
             lost = isinstance(getattr(exc, "exc", exc), WorkerLostError)  # billiard wraps it
             requeue = lost and bool(self.app.conf.task_reject_on_worker_lost)
@@ -70,10 +99,17 @@ class JobBatches(Batches):
     ignore_result=True,
 )
 def run_jobs(requests):
-    """requests: list of celery_batches.SimpleRequest whose kwargs are JobMessages."""
-    from worker.app import get_runtime
+    """requests: list of celery_batches.SimpleRequest whose kwargs are JobMessages. Each request
+    is reported to Flower as started and finished, naming its batch (worker.visibility)."""
+    import uuid
 
-    run_batch([Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime())
+    from worker.app import get_runtime
+    from worker.visibility import batch_finished, batch_started
+
+    batch_id = str(uuid.uuid4())
+    started = batch_started(app, requests, batch_id)
+    report = run_batch([Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime(), batch_id=batch_id)
+    batch_finished(app, requests, report, started)
 
 
 def republish(deliveries: list[Delivery]) -> None:
