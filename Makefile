@@ -23,8 +23,16 @@ run: install
 down:
 	$(VENV)/bin/biofleet down
 
+# OpenMP threads that spin-wait for a core another process holds slow PyTorch down several times
+# on a busy machine; passive waiting costs little on an idle one (bench/README.md).
+bench: export OMP_WAIT_POLICY ?= PASSIVE
 bench: install
 	$(PY) -m bench.model
+	$(PY) -m bench.batching
+	$(PY) -m bench.load
+	$(PY) -m bench.coldstart
+	bench/gpu.sh --device cpu
+	$(PY) -m bench.summary
 
 clean:
 	rm -rf $(VENV) .biofleet
