@@ -16,6 +16,17 @@ from worker.face.errors import WeightsFormatError
 _SPECIAL_EXPONENTS = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
 
 
+def floats_from_pairs(mantissas: list[int], exponents: list[int]) -> np.ndarray:
+    """dlib floats from their (mantissa, exponent) integers: mantissa * 2**exponent, with the
+    special exponents for infinities and NaN; float64 (inf where a value overflows)."""
+    exponent = np.asarray(exponents, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        values = np.ldexp(np.asarray(mantissas, dtype=np.float64), np.clip(exponent, -2000, 2000))
+    for code, special in _SPECIAL_EXPONENTS.items():
+        values[exponent == code] = special
+    return values
+
+
 class Reader:
     """A cursor over the bytes of a dlib file; `offset` is the position of the next read.
 
@@ -25,6 +36,7 @@ class Reader:
     def __init__(self, data: bytes, offset: int = 0):
         self.data = memoryview(data).cast("B")
         self.offset = offset
+        self._bytes = data if isinstance(data, bytes) else None  # indexed faster than the view
 
     @property
     def remaining(self) -> int:
@@ -60,6 +72,29 @@ class Reader:
         magnitude = int.from_bytes(self.take(size, what), "little")
         return -magnitude if control & 0x80 else magnitude
 
+    def ints(self, count: builtins.int, what: str = "integer") -> list[builtins.int]:
+        """`count` integers in the encoding of `int()`, decoded in one tight loop (for the long
+        runs of numbers in shape predictor files); errors are reported as `int()` reports them."""
+        start = self.offset
+        data = self._bytes if self._bytes is not None else bytes(self.data)
+        values = [0] * count
+        position, end = start, len(data)
+        from_bytes = builtins.int.from_bytes
+        try:
+            for i in range(count):
+                control = data[position]
+                size = control & 0x0F
+                if control & 0x70 or not 1 <= size <= 8 or position + size >= end:
+                    raise IndexError
+                magnitude = from_bytes(data[position + 1 : position + 1 + size], "little")
+                values[i] = -magnitude if control & 0x80 else magnitude
+                position += 1 + size
+        except IndexError:  # read again one by one, for the exact error and offset
+            self.offset = start
+            return [self.int(what) for _ in range(count)]
+        self.offset = position
+        return values
+
     def bool(self, what: str = "bool") -> bool:
         """ASCII '1' or '0'."""
         start = self.offset
@@ -92,6 +127,16 @@ class Reader:
         if count < 0 or 4 * count > self.remaining:  # each takes at least 4 bytes
             raise self.fail(f"truncated: {count} {what} cannot fit in {self.remaining} bytes")
         return np.array([self.float(what) for _ in range(count)], dtype=np.float64)
+
+    def float_array(self, count: builtins.int, what: str = "float") -> np.ndarray:
+        """`count` floats as `float()` reads them, as a float64 array, decoded in bulk."""
+        start = self.offset
+        pairs = self.ints(2 * count, f"{what} part")
+        values = floats_from_pairs(pairs[0::2], pairs[1::2])
+        if not np.isfinite(values).all() and not np.isin(pairs[1::2], list(_SPECIAL_EXPONENTS)).any():
+            self.offset = start
+            return self.floats(count, what)  # for the exact out-of-range error
+        return values
 
     # Expectations.
 

@@ -1,8 +1,10 @@
 """A batch of image byte strings -> one FaceResult per image.
 
-decode -> detect -> landmarks -> align run per image on a thread pool (Pillow, dlib and numpy
-release the GIL for most of it); then the chips of the whole batch go through the network in one
-embed call. An image that fails gets an error code; it never fails the others.
+decode runs per image on a thread pool; detection runs on the whole batch at once when the
+detector can (CnnDetector.detect_many: one forward pass), else per image on the pool; the 5-point
+landmarks of all faces come from one vectorised pass; alignment runs on the pool; then the chips
+of the whole batch go through the network in one embed call. An image that fails gets an error
+code; it never fails the others.
 """
 
 import logging
@@ -15,7 +17,7 @@ import numpy as np
 
 from worker.face.align import face_chip
 from worker.face.decode import decode_image
-from worker.face.detect import CroppedDetector, Detector, HogDetector
+from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
@@ -23,6 +25,7 @@ from worker.face.types import Box, FaceResult
 log = logging.getLogger(__name__)
 
 POLICIES = ("largest", "reject")
+DETECTORS = ("hog", "cnn", "cropped")
 
 
 class ChipEmbedder(Protocol):
@@ -39,6 +42,14 @@ class _Face:
     box: Box
     landmarks: np.ndarray
     detector: str
+
+
+def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
+    """The FaceResult of an image that failed: its FaceError, or bad_image for anything else."""
+    if isinstance(error, FaceError):
+        return FaceResult(detector=detector, error_code=error.code, error_message=error.message)
+    log.error("image failed unexpectedly", exc_info=error, extra={"image_size_bytes": data_size})
+    return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")
 
 
 class FacePipeline:
@@ -77,41 +88,110 @@ class FacePipeline:
         flags = [cropped] * len(images) if isinstance(cropped, bool) else list(cropped)
         if len(flags) != len(images):
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
-        prepared = list(self._pool.map(self._prepare, images, flags))
+        names = [self.cropped_detector.name if flag else self.detector.name for flag in flags]
+        decoded = list(self._pool.map(self._decode, images))
+        found = self._detect(decoded, flags)
 
-        faces = [p for p in prepared if isinstance(p, _Face)]
+        # Per image: its face box or its FaceResult with the error; then all landmarks at once.
+        stage: list[Box | FaceResult | _Face] = []
+        for name, image, boxes, data in zip(names, decoded, found, images):
+            try:
+                stage.append(self._pick(image, boxes))
+            except Exception as error:
+                stage.append(_failure(name, error, len(data)))
+        waiting = [i for i, item in enumerate(stage) if isinstance(item, Box)]
+        points = self._landmarks([decoded[i] for i in waiting], [stage[i] for i in waiting])
+
+        def align(i: int, landmarks) -> _Face | FaceResult:
+            if isinstance(landmarks, Exception):
+                return _failure(names[i], landmarks, len(images[i]))
+            try:
+                chip = face_chip(decoded[i], landmarks)
+            except Exception as error:
+                return _failure(names[i], error, len(images[i]))
+            return _Face(chip=chip, box=stage[i], landmarks=landmarks, detector=names[i])
+
+        for i, face in zip(waiting, self._pool.map(align, waiting, points)):
+            stage[i] = face
+
+        faces = [p for p in stage if isinstance(p, _Face)]
         if faces:
             descriptors = np.asarray(self.embedder.embed(np.stack([f.chip for f in faces])), dtype=np.float32)
-        found = iter(range(len(faces)))
+        found_at = iter(range(len(faces)))
         results = []
-        for p in prepared:
+        for p in stage:
             if isinstance(p, _Face):
-                descriptor = descriptors[next(found)]
+                descriptor = descriptors[next(found_at)]
                 results.append(FaceResult(descriptor=descriptor, box=p.box, landmarks=p.landmarks, detector=p.detector))
             else:
                 results.append(p)
         return results
 
-    def _prepare(self, data: bytes, cropped: bool) -> _Face | FaceResult:
-        """One image -> its aligned face, or a FaceResult carrying the error."""
-        detector = self.cropped_detector if cropped else self.detector
+    def _pick(self, image: np.ndarray | Exception, boxes: list[Box] | Exception) -> Box:
+        """The face box to use, by the multiple-faces policy; raises what the image failed with."""
+        for failed in (image, boxes):
+            if isinstance(failed, Exception):
+                raise failed
+        if not boxes:
+            raise FaceError(NO_FACE, "no face was found in the image")
+        if len(boxes) > 1 and self.multiple_faces == "reject":
+            raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
+        return max(boxes, key=lambda b: b.area)  # ties keep the better-scored box
+
+    def _decode(self, data: bytes) -> np.ndarray | Exception:
         try:
-            image = decode_image(data, self.max_pixels)
-            boxes = detector.detect(image)
-            if not boxes:
-                raise FaceError(NO_FACE, "no face was found in the image")
-            if len(boxes) > 1 and self.multiple_faces == "reject":
-                raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
-            box = max(boxes, key=lambda b: b.area)  # ties keep the better-scored box
-            landmarks = self.landmarker.landmarks(image, box)
-            chip = face_chip(image, landmarks)
-            return _Face(chip=chip, box=box, landmarks=landmarks, detector=detector.name)
-        except FaceError as error:
-            return FaceResult(detector=detector.name, error_code=error.code, error_message=error.message)
+            return decode_image(data, self.max_pixels)
+        except Exception as error:
+            return error
+
+    def _detect(self, decoded: list, flags: list[bool]) -> list:
+        """Per image: its boxes, or the exception detection raised (None for images that failed
+        to decode). The detector's detect_many takes all images at once when it has one; should
+        it fail, each image is tried alone so that one bad image fails alone."""
+        found: list = [None] * len(decoded)
+        batch = []
+        for i, (image, flag) in enumerate(zip(decoded, flags)):
+            if isinstance(image, Exception):
+                continue
+            if flag:
+                found[i] = self.cropped_detector.detect(image)
+            else:
+                batch.append(i)
+        detect_many = getattr(self.detector, "detect_many", None)
+        if detect_many is not None and len(batch) > 1:
+            try:
+                for i, boxes in zip(batch, detect_many([decoded[i] for i in batch])):
+                    found[i] = boxes
+                return found
+            except Exception:
+                log.exception("batch detection failed; detecting one image at a time", extra={"images": len(batch)})
+
+        def one(i: int) -> list[Box] | Exception:
+            try:
+                return self.detector.detect(decoded[i])
+            except Exception as error:
+                return error
+
+        for i, boxes in zip(batch, self._pool.map(one, batch)):
+            found[i] = boxes
+        return found
+
+    def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
+        """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
+        pass; should it fail, each face is tried alone."""
+        if not boxes:
+            return []
+        try:
+            return list(self.landmarker.landmarks_many(images, boxes))
         except Exception:
-            log.exception("image failed unexpectedly", extra={"image_size_bytes": len(data)})
-            message = "the image could not be processed"
-            return FaceResult(detector=detector.name, error_code=BAD_IMAGE, error_message=message)
+            log.exception("batch landmarks failed; one face at a time", extra={"faces": len(boxes)})
+        found = []
+        for image, box in zip(images, boxes):
+            try:
+                found.append(self.landmarker.landmarks(image, box))
+            except Exception as error:
+                found.append(error)
+        return found
 
     def close(self) -> None:
         """Stop the thread pool."""
@@ -127,27 +207,31 @@ class FacePipeline:
 def load_pipeline(
     *,
     device: str = "auto",
-    detector: str = "hog",
+    detector: str = "cnn",
     upsample: int = 1,
+    cnn_upsample: int = 0,
     max_pixels: int = 25_000_000,
     multiple_faces: str = "largest",
     threads: int = 2,
     cache_dir: Path | None = None,
 ) -> FacePipeline:
     """The pipeline with the real network (worker.face.embed.Embedder on device), a detector
-    ("hog" with upsample, or "cropped": every image is a face crop) and the 5-point landmarker."""
+    ("hog": dlib's HOG detector with `upsample`; "cnn": the ported CNN detector on the same device,
+    with `cnn_upsample`; "cropped": every image is a face crop) and the 5-point landmarker."""
     from worker.face.embed import Embedder
 
+    if detector not in DETECTORS:
+        raise ValueError(f"detector must be one of {DETECTORS}, not {detector!r}")
     if detector == "hog":
         chosen: Detector = HogDetector(upsample)
-    elif detector == "cropped":
-        chosen = CroppedDetector()
+    elif detector == "cnn":
+        chosen = CnnDetector(device=device, upsample=cnn_upsample)
     else:
-        raise ValueError(f"detector must be 'hog' or 'cropped', not {detector!r}")
+        chosen = CroppedDetector()
     return FacePipeline(
         Embedder.load(device=device, cache_dir=cache_dir),
         chosen,
-        Landmarker(),
+        Landmarker(cache_dir=cache_dir),
         max_pixels=max_pixels,
         multiple_faces=multiple_faces,
         threads=threads,

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.face.dlib_format import Reader
+from worker.face.dlib_format import Reader, floats_from_pairs
 from worker.face.types import Box
 
 CACHE_LAYOUT = 1  # bump when read_shape_predictor changes what it produces
+CHUNK_FACES = 32  # faces per vectorised pass: larger arrays stop fitting the CPU caches
 
 log = logging.getLogger(__name__)
 
@@ -60,50 +61,56 @@ def read_shape_predictor(data: bytes) -> ShapeModel:
     r = Reader(data)
     r.expect_int(1, "shape predictor version")
     initial = r.matrix("initial shape").reshape(-1)
-    if initial.size == 0 or initial.size % 2:
-        raise r.fail(f"initial shape has {initial.size} values; expected an even, positive count")
+    size = initial.size
+    if size == 0 or size % 2:
+        raise r.fail(f"initial shape has {size} values; expected an even, positive count")
     stages = r.int("number of stages")
-    splits, thresholds, leaves = [], [], []
-    tree_count = node_count = None  # of the first stage and tree; the others must match
+    if stages < 1:
+        raise r.fail(f"{stages} stages")
+    split_ints, leaf_ints = [], []  # per tree: (idx1, idx2, mantissa, exponent) x N; (rows, cols, 2 x 2P) x L
+    trees = nodes = None  # of the first stage and tree; the others must match
     for s in range(stages):
-        trees = r.int(f"number of trees in stage {s}")
-        if trees != (tree_count := tree_count or trees) or trees < 1:
-            raise r.fail(f"stage {s} has {trees} trees, stage 0 has {tree_count}")
-        stage_splits, stage_thresholds, stage_leaves = [], [], []
-        for t in range(trees):
-            nodes = r.int("number of splits")
-            if nodes != (node_count := node_count or nodes) or nodes < 1 or nodes & (nodes + 1):
-                raise r.fail(f"stage {s} tree {t}: {nodes} splits; expected a full tree like the first")
-            node_values = [(r.int("idx1"), r.int("idx2"), r.float("thresh")) for _ in range(nodes)]
+        at = r.offset
+        count = r.int(f"number of trees in stage {s}")
+        if count != (trees := trees or count) or count < 1:
+            raise r.fail(f"stage {s} has {count} trees, stage 0 has {trees}", at)
+        for t in range(count):
             at = r.offset
-            leaf_values = r.sequence(lambda rr: rr.matrix("leaf").reshape(-1), "leaves")
-            if len(leaf_values) != nodes + 1 or any(v.size != initial.size for v in leaf_values):
-                raise r.fail(f"stage {s} tree {t}: leaves do not match {nodes} splits and the shape", at)
-            stage_splits.append([v[:2] for v in node_values])
-            stage_thresholds.append([v[2] for v in node_values])
-            stage_leaves.append(leaf_values)
-        splits.append(stage_splits)
-        thresholds.append(stage_thresholds)
-        leaves.append(stage_leaves)
+            found = r.int("number of splits")
+            if found != (nodes := nodes or found) or found < 1 or found & (found + 1):
+                raise r.fail(f"stage {s} tree {t}: {found} splits; expected a full tree like the first", at)
+            split_ints.append(r.ints(4 * nodes, "split value"))
+            r.expect_int(nodes + 1, f"number of leaves of stage {s} tree {t}")
+            leaf_ints.append(r.ints((nodes + 1) * (2 + 2 * size), "leaf value"))
+    splits = np.array(split_ints, dtype=np.int64).reshape(stages, trees, nodes, 4)
+    leaves = np.array(leaf_ints, dtype=np.int64).reshape(stages, trees, nodes + 1, 2 + 2 * size)
+    if (np.abs(leaves[..., 0]) * np.abs(leaves[..., 1]) != size).any():
+        raise r.fail(f"a leaf is not a vector of {size} values")
     at = r.offset
-    anchors = r.sequence(lambda rr: rr.sequence(Reader.int, "anchor indices"), "anchors")
-    deltas = r.sequence(lambda rr: rr.sequence(lambda q: (q.float("dx"), q.float("dy")), "deltas"), "deltas")
+    r.expect_int(stages, "number of anchor vectors")
+    anchors = [r.ints(r.int("number of anchors"), "anchor index") for _ in range(stages)]
+    r.expect_int(stages, "number of delta vectors")
+    deltas = [r.float_array(2 * r.int("number of deltas"), "delta") for _ in range(stages)]
     r.end()
-    if len(anchors) != stages or len(deltas) != stages or len({len(a) for a in anchors + deltas}) > 1:
+    if len({len(a) for a in anchors} | {len(d) // 2 for d in deltas}) != 1:
         raise r.fail("anchors and deltas do not give the same feature pixels for every stage", at)
     model = ShapeModel(
         initial_shape=initial.astype(np.float32),
-        splits=np.array(splits, dtype=np.int64).reshape(stages, tree_count, node_count, 2),
-        thresholds=np.array(thresholds, dtype=np.float32).reshape(stages, tree_count, node_count),
-        leaves=np.array(leaves, dtype=np.float32).reshape(stages, tree_count, node_count + 1, initial.size),
-        anchors=np.array(anchors, dtype=np.int64).reshape(stages, -1),
+        splits=splits[..., :2].copy(),
+        thresholds=floats_from_pairs(splits[..., 2].ravel(), splits[..., 3].ravel())
+        .astype(np.float32).reshape(stages, trees, nodes),
+        leaves=floats_from_pairs(leaves[..., 2::2].ravel(), leaves[..., 3::2].ravel())
+        .astype(np.float32).reshape(stages, trees, nodes + 1, size),
+        anchors=np.array(anchors, dtype=np.int64),
         deltas=np.array(deltas, dtype=np.float32).reshape(stages, -1, 2),
     )
     features = model.anchors.shape[1]
-    if model.splits.size and (model.splits.min() < 0 or model.splits.max() >= features):
+    if model.splits.min() < 0 or model.splits.max() >= features:
         raise r.fail(f"a split compares a feature pixel outside 0..{features - 1}", at)
-    if model.anchors.size and (model.anchors.min() < 0 or model.anchors.max() >= model.parts):
+    if model.anchors.min() < 0 or model.anchors.max() >= model.parts:
         raise r.fail(f"a feature pixel is anchored to a landmark outside 0..{model.parts - 1}", at)
+    if not (np.isfinite(model.thresholds).all() and np.isfinite(model.leaves).all()):
+        raise r.fail("a threshold or leaf value is not finite", at)
     return model
 
 
@@ -124,13 +131,6 @@ def similarity(source: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.stack([np.stack([m.real, -m.imag], -1), np.stack([m.imag, m.real], -1)], -2).astype(np.float32)
 
 
-def grey(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB or (H, W) grey uint8 -> (H, W) uint8 intensity, (r + g + b) // 3 as dlib."""
-    if image.ndim == 2:
-        return np.ascontiguousarray(image, dtype=np.uint8)
-    return (image.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
-
-
 class ShapePredictor:
     """A shape predictor's arrays, and landmarks for many faces at a time."""
 
@@ -139,12 +139,12 @@ class ShapePredictor:
         self.sha256 = sha256
         stages, trees, nodes = model.thresholds.shape
         # Flat per stage: node n of tree t at t * nodes + n, leaf l of tree t at t * leaves + l.
-        self._first = model.splits[..., 0].reshape(stages, -1)
-        self._second = model.splits[..., 1].reshape(stages, -1)
-        self._thresholds = model.thresholds.reshape(stages, -1)
+        self._pairs = model.splits.reshape(stages, -1, 2).astype(np.int32)
+        # Feature values are integers (0..255), so `a - b > t` holds exactly when a - b > floor(t).
+        self._thresholds = np.floor(np.clip(model.thresholds, -256, 256)).astype(np.int16).reshape(stages, -1)
         self._leaves = model.leaves.reshape(stages, -1, model.initial_shape.size)
-        self._node_base = (np.arange(trees) * nodes)[None, :]
-        self._leaf_base = (np.arange(trees) * (nodes + 1))[None, :]
+        self._node_base = (np.arange(trees, dtype=np.int32) * nodes)[None, :]
+        self._leaf_base = (np.arange(trees, dtype=np.int32) * (nodes + 1))[None, :]
 
     @classmethod
     def load(cls, path: Path | None = None, cache_dir: Path | None = None) -> "ShapePredictor":
@@ -169,11 +169,18 @@ class ShapePredictor:
         image points, integers as dlib's."""
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images for {len(boxes)} boxes")
+        if not boxes:
+            return np.zeros((0, self.model.parts, 2))
+        chunks = range(0, len(boxes), CHUNK_FACES)
+        return np.concatenate([self._predict(images[i : i + CHUNK_FACES], boxes[i : i + CHUNK_FACES]) for i in chunks])
+
+    def _predict(self, images: list[np.ndarray], boxes: list[Box]) -> np.ndarray:
+        """predict() on one chunk of faces."""
         m = self.model
         faces = len(boxes)
-        if faces == 0:
-            return np.zeros((0, m.parts, 2))
-        flat, offset, height, width = self._pixels(images)
+        groups = self._by_image(images)
+        height = np.array([i.shape[0] for i in images], dtype=np.int64)[:, None]
+        width = np.array([i.shape[1] for i in images], dtype=np.int64)[:, None]
         left = np.array([b.left for b in boxes], dtype=np.float64)[:, None]
         top = np.array([b.top for b in boxes], dtype=np.float64)[:, None]
         scale_x = np.array([b.right - b.left for b in boxes], dtype=np.float64)[:, None]
@@ -190,44 +197,50 @@ class ShapePredictor:
             px = _round(scale_x * x.astype(np.float64) + left).astype(np.int64)
             py = _round(scale_y * y.astype(np.float64) + top).astype(np.int64)
             inside = (px >= 0) & (py >= 0) & (px < width) & (py < height)
-            index = np.where(inside, offset + py * width + px, 0)
-            features = np.where(inside, flat[index], 0).astype(np.float32)
+            pixel = np.where(inside, py * width + px, 0)
+            features = np.zeros(pixel.shape, dtype=np.int16)
+            for flat, rows in groups:
+                if flat.ndim == 1:  # grey
+                    features[rows] = flat.take(pixel[rows])
+                else:  # dlib's grey of an RGB pixel: (r + g + b) / 3
+                    rgb = flat.take(pixel[rows], axis=0).astype(np.int16)
+                    features[rows] = (rgb[..., 0] + rgb[..., 1] + rgb[..., 2]) // 3
+            features[~inside] = 0
             shape = self._run_stage(stage, features, shape)
         points = shape.reshape(faces, -1, 2).astype(np.float64)
         return np.stack([_round(scale_x * points[..., 0] + left), _round(scale_y * points[..., 1] + top)], axis=-1)
 
-    def _pixels(self, images: list[np.ndarray]):
-        """Grey images concatenated; per face its offset, height and width, as (F, 1) arrays."""
-        first_face = {}
-        for image in images:
-            first_face.setdefault(id(image), image)
-        greys, starts, size = {}, {}, 0
-        for key, image in first_face.items():
-            greys[key] = grey(image)
-            starts[key] = size
-            size += greys[key].size
-        flat = np.concatenate([g.reshape(-1) for g in greys.values()])
-        offset = np.array([starts[id(i)] for i in images], dtype=np.int64)[:, None]
-        height = np.array([greys[id(i)].shape[0] for i in images], dtype=np.int64)[:, None]
-        width = np.array([greys[id(i)].shape[1] for i in images], dtype=np.int64)[:, None]
-        return flat, offset, height, width
+    @staticmethod
+    def _by_image(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(pixels of one image, flat: (H*W,) grey or (H*W, 3) RGB; the rows of its faces)."""
+        rows: dict[int, list[int]] = {}
+        for i, image in enumerate(images):
+            rows.setdefault(id(image), []).append(i)
+        groups = []
+        for face_rows in rows.values():
+            image = images[face_rows[0]]
+            flat = image.reshape(-1) if image.ndim == 2 else image.reshape(-1, image.shape[2])
+            groups.append((flat, np.array(face_rows)))
+        return groups
 
     def _run_stage(self, stage: int, features: np.ndarray, shape: np.ndarray) -> np.ndarray:
-        """All trees of a stage on (F, K) feature values; the leaf updates are added to (F, 2P)
-        shapes one tree after another in float32, as dlib adds them."""
+        """All trees of a stage on (F, K) int16 feature values; the leaf updates are added to
+        (F, 2P) shapes one tree after another in float32, as dlib adds them."""
         faces, pixels = features.shape
-        rows = (np.arange(faces) * pixels)[:, None]
         flat = features.reshape(-1)
-        node = np.zeros((faces, self._node_base.shape[1]), dtype=np.int64)
-        for _ in range(self.model.depth):
+        rows = (np.arange(faces, dtype=np.int32) * pixels)[:, None, None]
+        node = np.zeros((faces, self._node_base.shape[1]), dtype=np.int32)
+        for _ in range(self.model.depth):  # left child 2n + 1 when a - b > threshold, else 2n + 2
             at = self._node_base + node
-            first = flat.take(rows + self._first[stage].take(at))
-            second = flat.take(rows + self._second[stage].take(at))
-            node = 2 * node + np.where(first - second > self._thresholds[stage].take(at), 1, 2)
+            values = flat.take(rows + self._pairs[stage].take(at, axis=0))  # (F, T, 2)
+            node = 2 * node + 2 - ((values[..., 0] - values[..., 1]) > self._thresholds[stage].take(at))
         leaf = self._leaf_base + node - self.model.thresholds.shape[2]
-        updates = self._leaves[stage].take(leaf, axis=0)  # (F, T, 2P)
-        steps = np.concatenate([shape[:, :, None], updates.transpose(0, 2, 1)], axis=2)
-        return np.cumsum(steps, axis=2, dtype=np.float32)[:, :, -1]
+        steps = np.empty((faces, leaf.shape[1] + 1, shape.shape[1]), dtype=np.float32)
+        steps[:, 0] = shape
+        self._leaves[stage].take(leaf, axis=0, out=steps[:, 1:])  # (F, T, 2P) leaf updates
+        # A sum along an axis that is not the innermost one adds the terms one by one, in order
+        # (numpy sums pairwise only along the innermost axis): the float32 result of dlib's loop.
+        return np.add.reduce(steps, axis=1, dtype=np.float32)
 
 
 def _read_cache(cache_file: Path) -> ShapeModel | None:
