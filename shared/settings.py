@@ -28,8 +28,13 @@ class Settings(BaseSettings):
     # Face model.
     model_version: str = "dlib-resnet-v1"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    detector: Literal["hog", "cropped"] = "hog"
-    detector_upsample: int = Field(1, ge=0, le=2)
+    # "cnn" (dlib's CNN detector ported to PyTorch) on every device: on LFW View 1 it misses no face
+    # where HOG misses 14 of 1,549, at equal or better pair accuracy; on 2 CPU cores it takes ~11 ms
+    # per 250x250 photo against HOG's 22 ms (upsample 1), and on a GPU it runs batched there.
+    # "hog" needs dlib, which the worker image does not install.
+    detector: Literal["hog", "cnn", "cropped"] = "cnn"
+    detector_upsample: int = Field(1, ge=0, le=2)  # for "hog"
+    detector_cnn_upsample: int = Field(0, ge=0, le=2)  # for "cnn" (its window finds faces from ~80 px)
     multiple_faces: Literal["reject", "largest"] = "largest"
     max_image_pixels: int = 25_000_000
     match_threshold: float = 0.6  # used until a model version carries a calibrated one
@@ -58,6 +63,20 @@ class Settings(BaseSettings):
     callback_secret: str = "change-me"
     callback_max_attempts: int = 6
     callback_timeout_s: float = 5.0
+    # Callback hosts resolving into private, loopback or link-local networks are refused unless
+    # inside one of these comma-separated networks (e.g. "127.0.0.0/8,10.1.0.0/16").
+    callback_allowed_networks: str = ""
+    retention_interval_s: int = 3600  # how often a worker runs retention; 0 turns it off
+
+    # Sweeper: queued jobs older than sweep_after_s (a row written, its message lost) are published
+    # again, at most once per sweep_after_s each; one worker of the fleet sweeps at a time.
+    sweep_after_s: int = Field(600, ge=1)
+    sweep_interval_s: int = 30  # 0 turns the sweeper off
+    sweep_limit: int = Field(500, ge=1)  # jobs re-published per sweep, at most
+
+    # Per-API-key rate limit: at most rate_limit_requests per rate_limit_window_s; 0 turns it off.
+    rate_limit_requests: int = Field(1000, ge=0)
+    rate_limit_window_s: int = Field(10, ge=1)
 
     # Flower.
     flower_port: int = 5555
