@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Model throughput of biofleet's network on one device, fp32 against fp16 / bf16.
+# Model throughput of biofleet's network on one device, fp32 against fp16 / bf16, and of the
+# ported CNN face detector (MmodDetector.detect_many) batched.
 #
 #   bench/gpu.sh                      # CUDA: batch 1..256, fp32, fp16, bf16
-#   bench/gpu.sh --device cpu         # here: batch 1, 8, 32, fp32 and bf16, a minute or so
+#   bench/gpu.sh --device cpu         # here: batch 1, 8, 32, fp32 and bf16, detector batch 1, 4, 8, a minute or so
 #   bench/gpu.sh --weights /path/dlib_face_recognition_resnet_model_v1.dat --out /tmp/gpu.json
 #
 # Needs only Python 3.10+, PyTorch and numpy (rich is used for the table when present): the
@@ -12,7 +13,9 @@
 # of fp16 / bf16 descriptors with fp32 on the same chips (largest difference, Euclidean distance
 # against dlib's 0.6 threshold, same/different decisions that change). Chips are real aligned
 # faces when dlib and the lfw_colour images are there, else smooth synthetic images (said in the
-# JSON). Writes bench/results/gpu-<device>.json naming the device.
+# JSON). The detector: images/s per batch size (fp32, median of --repeats runs after warm-up) on
+# the 250x250 lfw_colour photos when they are there (read with Pillow), else synthetic 250x250
+# images; --detector-batches none skips it. Writes bench/results/gpu-<device>.json naming the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
@@ -42,6 +45,8 @@ def parse():
     p.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 20 CUDA, 3 CPU)")
     p.add_argument("--precisions", default=None, help="default fp32,fp16,bf16 on CUDA, fp32,bf16 on CPU")
     p.add_argument("--weights", type=Path, default=None, help="dlib .dat (default: face-recognition-models)")
+    p.add_argument("--detector-batches", default=None,
+                   help="comma-separated, or none (default 1..256 on CUDA, 1,4,8 on CPU)")
     p.add_argument("--budget-s", type=float, default=420, help="larger batch sizes are skipped past this")
     p.add_argument("--out", type=Path, default=None, help="default bench/results/gpu-<device>.json")
     return p.parse_args()
@@ -64,6 +69,55 @@ def chips_for(count):
     smooth = torch.nn.functional.interpolate(low, size=(150, 150), mode="bicubic", align_corners=False)
     chips = (smooth.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     return chips, "synthetic smooth images (no dlib or no face images here)"
+
+
+def detector_images(count):
+    """count (H, W, 3) uint8 RGB images and what they are: the lfw_colour photos (repeated)
+    when they and Pillow are there, else synthetic 250x250 images."""
+    try:
+        from PIL import Image
+
+        faces = Path(os.environ.get("BIOFLEET_FACES_DIR", ROOT.parent / "shared" / "data" / "faces"))
+        files = sorted((faces / "lfw_colour").glob("*/*.jpg"))
+        if files:
+            photos = [np.asarray(Image.open(p).convert("RGB")) for p in files[:count]]
+            return [photos[i % len(photos)] for i in range(count)], "lfw_colour photos, 250x250"
+    except Exception:
+        pass
+    gen = torch.Generator().manual_seed(1)
+    low = torch.rand(count, 3, 25, 25, generator=gen)
+    smooth = torch.nn.functional.interpolate(low, size=(250, 250), mode="bicubic", align_corners=False)
+    images = (smooth.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return list(images), "synthetic smooth 250x250 images (no face images here)"
+
+
+def detector_throughput(device, batches, repeats, sync, deadline):
+    """The ported detector at each batch size: {batch: ms per batch, ms per image, images/s,
+    faces found per image}, and what the images were. Batch sizes past `deadline` are skipped."""
+    from worker.face.mmod import MmodDetector
+
+    detector = MmodDetector.load(device=str(device))
+    images, inputs = detector_images(max(batches))
+    found = {}
+    for batch in batches:
+        if time.monotonic() > deadline:
+            print(f"budget spent: detector batch {batch} and larger skipped", file=sys.stderr)
+            break
+        chosen = images[:batch]
+        for _ in range(2):
+            faces = detector.detect_many(chosen)
+        sync()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            detector.detect_many(chosen)
+            sync()
+            times.append(time.perf_counter() - t)
+        ms = 1000 * statistics.median(times)
+        found[str(batch)] = {"ms_per_batch": ms, "ms_per_image": ms / batch, "images_per_s": 1000 * batch / ms,
+                             "faces_per_image": sum(map(len, faces)) / batch}
+        print(f"detector batch {batch}: {found[str(batch)]['images_per_s']:.0f} images/s", file=sys.stderr)
+    return found, inputs
 
 
 def main():
@@ -142,11 +196,17 @@ def main():
             "decision_flips_at_0.6": flips,
             "pairs": int(len(upper[0])),
         }
+    detector_batches = args.detector_batches or ("1,2,4,8,16,32,64,128,256" if cuda else "1,4,8")
+    detector, detector_inputs = {}, None
+    if detector_batches != "none":
+        detector, detector_inputs = detector_throughput(
+            device, [int(b) for b in detector_batches.split(",")], repeats, sync, started + args.budget_s + 60)
     results = {
         "device": str(device), "device_name": name, "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None, "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "weights_sha256": sha, "inputs": inputs,
         "chips": len(chips), "repeats": repeats, "throughput": throughput, "agreement_with_fp32": agreement,
+        "detector_inputs": detector_inputs, "detector_throughput": detector,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +223,13 @@ def main():
         for batch in throughput["fp32"]:
             table.add_row(batch, *(f"{throughput[p][batch]['faces_per_s']:.0f}" for p in precisions))
         Console().print(table)
+        if detector:
+            table = Table(title=f"ported CNN face detector on {name} ({device}), fp32, {detector_inputs}")
+            for column in ("batch", "images/s", "ms per image", "faces per image"):
+                table.add_column(column, justify="right")
+            for batch, d in detector.items():
+                table.add_row(batch, f"{d['images_per_s']:.0f}", f"{d['ms_per_image']:.2f}", f"{d['faces_per_image']:.2f}")
+            Console().print(table)
         for p, a in agreement.items():
             Console().print(f"{p} vs fp32 on {len(chips)} {inputs}: largest |difference| {a['max_abs_difference']:.2e}, "
                             f"largest distance {a['max_distance_to_fp32']:.4f} (threshold {THRESHOLD}), "

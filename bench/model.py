@@ -8,7 +8,13 @@ Measures, on the same aligned chips made from the lfw_colour images:
   port are timed in alternating rounds, so a busy machine slows both alike; the ratio is the
   median of the per-round ratios);
 - per-stage ms per face (decode, detect, landmarks, align, embed) for biofleet's pipeline and
-  for dlib's, and biofleet's whole pipeline (FacePipeline.process) on a batch of 32 images.
+  for dlib's, and biofleet's whole pipeline (FacePipeline.process) on a batch of 32 images (both
+  with dlib's HOG detector at upsample 1, the "hog" setting), and that pipeline again with the
+  ported CNN detector (the default "cnn" setting);
+- face detection, ms per image: dlib's HOG detector (upsample 0 and 1), dlib's CNN detector
+  (cnn_face_detection_model_v1, few images: it is slow on a CPU) and the ported CNN detector
+  (MmodDetector.detect_many at batch 1, 4, 8 and 32, upsample 0; batch 8 at upsample 1) on the
+  device in use, all timed in alternating rounds.
 Every figure is the median over repeated runs. Prints tables and writes JSON.
 """
 
@@ -91,6 +97,65 @@ def descriptor_rounds(reference, embedder, chips: np.ndarray, rounds: int):
     return statistics.median(dlib_times), port_ms, ratio
 
 
+DETECTION_BATCHES = (1, 4, 8, 32)
+
+
+def detection_cases(images: list[np.ndarray], device: str) -> tuple[dict, str]:
+    """Timed detection cases on decoded (H, W, 3) uint8 images: name -> (run, images per run), in
+    the order they run in each round, and the port's device. dlib's CNN detector runs on 2 images
+    per round, HOG on 8; the port covers max(batch, 8) images per round at each batch size (CUDA
+    synchronised)."""
+    import dlib
+    import torch
+
+    from worker.face.mmod import MmodDetector
+    from worker.face.weights import MMOD_DETECTOR, model_path
+
+    hog = dlib.get_frontal_face_detector()
+    cnn = dlib.cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR)))
+    port = MmodDetector.load(device=device)
+
+    def sync() -> None:
+        if port.device.type == "cuda":
+            torch.cuda.synchronize(port.device)
+
+    def port_case(batch: int, count: int, upsample: int = 0):
+        chosen = [images[i % len(images)] for i in range(count)]
+
+        def run() -> None:
+            for first in range(0, count, batch):
+                port.detect_many(chosen[first : first + batch], upsample=upsample)
+            sync()
+
+        return run, count
+
+    # dlib's CNN first and HOG after it: a port case run right after dlib's CNN measured several
+    # times slower here (batch 1: 140 ms against 11 ms per image).
+    cases = {
+        "dlib_cnn_upsample0": (lambda: [cnn(image, 0) for image in images[:2]], 2),
+        "dlib_hog_upsample0": (lambda: [hog(image, 0) for image in images[:8]], 8),
+        "dlib_hog_upsample1": (lambda: [hog(image, 1) for image in images[:8]], 8),
+    }
+    for batch in DETECTION_BATCHES:
+        cases[f"port_upsample0_batch{batch}"] = port_case(batch, max(batch, 8))
+    cases["port_upsample1_batch8"] = port_case(8, 8, upsample=1)
+    return cases, str(port.device)
+
+
+def detection_rounds(cases: dict, rounds: int) -> dict[str, float]:
+    """ms per image per case: one warm-up run each, then `rounds` rounds running every case once
+    in turn (a busy machine slows them alike); the median over rounds."""
+    for run, _ in cases.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (run, count) in cases.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(1000 * (time.perf_counter() - start) / count)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def make_chips(reference, images: list[bytes], count: int) -> np.ndarray:
     """(count, 150, 150, 3) uint8 chips from the images where dlib finds a face (repeated if short)."""
     chips = []
@@ -139,7 +204,7 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
 
     from worker.face.align import face_chip
     from worker.face.decode import decode_image
-    from worker.face.detect import HogDetector
+    from worker.face.detect import CnnDetector, HogDetector
     from worker.face.embed import Embedder
     from worker.face.landmarks import Landmarker
     from worker.face.pipeline import FacePipeline
@@ -204,6 +269,15 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
     pipeline = FacePipeline(embedder, detector, landmarker, max_pixels=max_pixels, threads=2)
     with pipeline:
         pipeline_ms = _median_ms(lambda: pipeline.process(sample), stage_repeats, per=len(sample))
+    say("biofleet pipeline with the ported CNN detector (the default), batch of 32 images")
+    cnn_pipeline = FacePipeline(embedder, CnnDetector(device=device), landmarker, max_pixels=max_pixels, threads=2)
+    with cnn_pipeline:
+        cnn_pipeline_ms = _median_ms(lambda: cnn_pipeline.process(sample), stage_repeats, per=len(sample))
+
+    say(f"detection: {repeats} rounds of dlib HOG, dlib CNN and the port at batch {DETECTION_BATCHES}")
+    decoded = [decode_image(data, max_pixels) for data in images]
+    cases, detection_device = detection_cases(decoded, device)
+    detection_ms = detection_rounds(cases, repeats)
 
     results = {
         "dlib_ms_per_face": dlib_ms,
@@ -211,7 +285,15 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
         "ratio_dlib_over_port": ratio,
         "stages_ms_per_face": {"biofleet": ours, "dlib": theirs},
         "pipeline_ms_per_image_batch_32": pipeline_ms,
+        "pipeline_cnn_ms_per_image_batch_32": cnn_pipeline_ms,
         "max_abs_descriptor_difference": max_diff,
+        "stages_detector": "hog (dlib, upsample 1)",
+        "detection_ms_per_image": detection_ms,
+        "detection_setup": {
+            "images": "lfw_colour, 250x250",
+            "port_device": detection_device,
+            "images_per_round": {name: count for name, (_, count) in cases.items()},
+        },
         "faces": {"chips": len(chips), "stage_images": len(usable)},
         "repeats": repeats,
         "machine": machine(embedder.device),
@@ -249,8 +331,19 @@ def print_tables(results: dict) -> None:
         stages.add_row(stage, f"{ours[stage]:.2f}", f"{theirs[stage]:.2f}")
     stages.add_row("total", f"{sum(ours.values()):.2f}", f"{sum(theirs.values()):.2f}")
     console.print(stages)
+    detection = results.get("detection_ms_per_image")
+    if detection:
+        device = results.get("detection_setup", {}).get("port_device", m["device"])
+        table = Table(title="face detection, ms per image (250x250 LFW photos)")
+        for name in ("detector", "ms per image", "images/s"):
+            table.add_column(name, justify="right" if name != "detector" else "left")
+        for name, ms in detection.items():
+            label = name.replace("port_", f"port ({device}) ").replace("_", " ")
+            table.add_row(label, f"{ms:.2f}", f"{1000 / ms:.0f}")
+        console.print(table)
     console.print(
-        f"biofleet FacePipeline.process, 32 images: {results['pipeline_ms_per_image_batch_32']:.2f} ms per image; "
+        f"biofleet FacePipeline.process, 32 images, HOG detector: {results['pipeline_ms_per_image_batch_32']:.2f} ms per image; "
+        f"with the ported CNN detector: {results.get('pipeline_cnn_ms_per_image_batch_32', float('nan')):.2f} ms per image; "
         f"largest |dlib - port| descriptor difference: {results['max_abs_descriptor_difference']:.2e}"
     )
 

@@ -19,6 +19,7 @@ def _pipeline(settings, multiple_faces: str | None = None):
         device=settings.device,
         detector=settings.detector,
         upsample=settings.detector_upsample,
+        cnn_upsample=settings.detector_cnn_upsample,
         max_pixels=settings.max_image_pixels,
         multiple_faces=multiple_faces or settings.multiple_faces,
         threads=settings.decode_threads,
@@ -189,16 +190,17 @@ def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: boo
     _check_images(pairs_file, root, images)
     folds = len({pair.fold for pair in pairs})
 
-    # Both columns keep the largest face when an image shows several.
+    # Both columns keep the largest face when an image shows several; each is named with its detector.
     columns, distances = {}, {}
+    ours, theirs = f"biofleet ({settings.detector})", "dlib (hog)"
     with _pipeline(settings, multiple_faces="largest") as pipeline:
         results = _descriptors(pipeline.process, root, images, batch_size, "biofleet")
-    columns["biofleet"], distances["biofleet"] = _column(pairs, results)
+    columns[ours], distances[ours] = _column(pairs, results)
     if reference == "dlib":
         dlib = DlibReference.load(upsample=settings.detector_upsample, multiple_faces="largest",
                                   max_pixels=settings.max_image_pixels)
         results = _descriptors(dlib.process, root, images, batch_size, "dlib")
-        columns["dlib"], distances["dlib"] = _column(pairs, results)
+        columns[theirs], distances[theirs] = _column(pairs, results)
 
     if plot is not None:
         series = {name: d for name, d in distances.items() if d is not None}
@@ -208,9 +210,9 @@ def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: boo
             click.echo("no pairs scored: no plot written", err=True)
 
     if as_json:
-        out = dict(columns["biofleet"])
-        if "dlib" in columns:
-            out["reference"] = columns["dlib"]
+        out = {**columns[ours], "detector": settings.detector}
+        if theirs in columns:
+            out["reference"] = {**columns[theirs], "detector": "hog"}
         click.echo(json.dumps(out))
     else:
         from rich.console import Console

@@ -202,6 +202,7 @@ def test_eval_pairs_json_with_dlib_reference(faces_dir, tmp_path, keep_root_logg
     report = json.loads(result.stdout)
     keys = {"pairs", "fta", "accuracy_at_0_6", "best_accuracy", "eer", "fnmr_at_fmr_1e-2", "fnmr_at_fmr_1e-3"}
     assert keys <= set(report) and keys <= set(report["reference"])
+    assert report["detector"] in ("hog", "cnn") and report["reference"]["detector"] == "hog"
     for column in (report, report["reference"]):
         assert column["pairs"] == 4 and column["fta"] == 0
         assert column["accuracy_at_0_6"] == 1.0  # well-separated colour photos
