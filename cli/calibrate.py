@@ -103,21 +103,15 @@ def calibrate(pairs_file: Path, root: Path, version: str | None, target_fmr: flo
     --target-fmr with a bootstrap interval; --save stores it on the version."""
     import numpy as np
 
-    from cli.face import _check_images, _descriptors, _pipeline, _setup
+    from cli.face import _descriptors, _load_pairs, _pipeline, _setup
     from worker.face.calibration import calibrate as compute
     from worker.face.calibration import plot_calibration
-    from worker.face.evaluation import read_pairs
     from worker.variants import MultiEmbedder
 
     settings = _setup()
     version = version or settings.model_version
     preprocessing = version_preprocessing(settings, version)
-    try:
-        pairs = read_pairs(pairs_file)
-    except ValueError as error:
-        raise click.ClickException(f"{pairs_file}: {error}") from None
-    images = list(dict.fromkeys(name for pair in pairs for name in (pair.first, pair.second)))
-    _check_images(pairs_file, root, images)
+    pairs, images = _load_pairs(pairs_file, root)
     with _pipeline(settings, multiple_faces="largest") as pipeline:
         multi = MultiEmbedder(pipeline.embedder)
         multi.want = {version: preprocessing}

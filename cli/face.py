@@ -78,6 +78,19 @@ def embed(files: tuple[Path, ...], as_json: bool, cropped: bool) -> None:
         sys.exit(1)
 
 
+def _load_pairs(pairs_file: Path, root: Path) -> tuple[list, list[str]]:
+    """The pairs of an LFW-format file and its distinct images, checked to exist under root."""
+    from worker.face.evaluation import read_pairs
+
+    try:
+        pairs = read_pairs(pairs_file)
+    except ValueError as error:
+        raise click.ClickException(f"{pairs_file}: {error}") from None
+    images = list(dict.fromkeys(name for pair in pairs for name in (pair.first, pair.second)))
+    _check_images(pairs_file, root, images)
+    return pairs, images
+
+
 def _check_images(pairs_file: Path, root: Path, images: list[str]) -> None:
     """Fail early, naming them, when images the pairs file lists are missing under root."""
     missing = [name for name in images if not (root / name).is_file()]
@@ -178,16 +191,11 @@ def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: boo
     best-threshold accuracy (cross-validated when the file has folds), EER, FNMR at FMR 1e-2
     and 1e-3, and the failure-to-acquire count (pairs left out because an image failed).
     """
-    from worker.face.evaluation import plot_report, read_pairs
+    from worker.face.evaluation import plot_report
     from worker.face.reference import DlibReference
 
     settings = _setup()
-    try:
-        pairs = read_pairs(pairs_file)
-    except ValueError as error:
-        raise click.ClickException(f"{pairs_file}: {error}") from None
-    images = list(dict.fromkeys(name for pair in pairs for name in (pair.first, pair.second)))
-    _check_images(pairs_file, root, images)
+    pairs, images = _load_pairs(pairs_file, root)
     folds = len({pair.fold for pair in pairs})
 
     # Both columns keep the largest face when an image shows several; each is named with its detector.

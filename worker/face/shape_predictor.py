@@ -13,8 +13,6 @@ Shapes live in box coordinates: (0, 0) is the box's top-left corner, (1, 1) its 
 """
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 
 from worker.face.dlib_format import Reader, floats_from_pairs
 from worker.face.types import Box
+from worker.face.weights import SHAPE_PREDICTOR_5, model_path, sha256_file, write_cache_file
 
 CACHE_LAYOUT = 1  # bump when read_shape_predictor changes what it produces
 CHUNK_FACES = 32  # faces per vectorised pass: larger arrays stop fitting the CPU caches
@@ -151,8 +150,6 @@ class ShapePredictor:
         """path: the .dat (default: shape_predictor_5_face_landmarks.dat of face-recognition-models).
         cache_dir: where the arrays are kept as `<sha256>.shape.npz` (reading the .dat takes
         seconds); None reads the .dat every time."""
-        from worker.face.weights import SHAPE_PREDICTOR_5, model_path, sha256_file
-
         path = Path(path) if path is not None else model_path(SHAPE_PREDICTOR_5)
         sha = sha256_file(path)
         cache_file = Path(cache_dir) / f"{sha}.shape.npz" if cache_dir is not None else None
@@ -257,18 +254,5 @@ def _read_cache(cache_file: Path) -> ShapeModel | None:
 
 
 def _write_cache(cache_file: Path, model: ShapeModel) -> None:
-    """Writes a temp file in the same folder, then renames it: readers never see a partial file."""
     arrays = {f.name: getattr(model, f.name) for f in fields(ShapeModel)}
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, layout=CACHE_LAYOUT, **arrays)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, cache_file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as error:  # a read-only cache folder costs time, not correctness
-        log.warning("shape predictor cache not written", extra={"cache_file": str(cache_file), "error": repr(error)})
+    write_cache_file(cache_file, lambda f: np.savez(f, layout=CACHE_LAYOUT, **arrays), "shape predictor")

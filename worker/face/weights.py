@@ -76,19 +76,24 @@ def _read_cache(cache_file: Path, sha: str) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _write_cache(cache_file: Path, sha: str, state: dict[str, torch.Tensor]) -> None:
-    """Writes to a temp file in the same folder, then renames: readers never see a partial file."""
-    payload = {"layout": CACHE_LAYOUT, "source_sha256": sha, "state_dict": state}
+def write_cache_file(cache_file: Path, write, what: str) -> None:
+    """write(file) into a temp file in the same folder, then rename: readers never see a partial
+    file. A read-only cache folder costs start-up time, not correctness: it is logged, not raised."""
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.stem}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
+                write(f)
             os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
             os.replace(tmp, cache_file)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    except OSError as error:  # a read-only cache folder costs speed, not correctness
-        log.warning("model cache not written", extra={"cache_file": str(cache_file), "error": repr(error)})
+    except OSError as error:
+        log.warning(f"{what} cache not written", extra={"cache_file": str(cache_file), "error": repr(error)})
+
+
+def _write_cache(cache_file: Path, sha: str, state: dict[str, torch.Tensor]) -> None:
+    payload = {"layout": CACHE_LAYOUT, "source_sha256": sha, "state_dict": state}
+    write_cache_file(cache_file, lambda f: torch.save(payload, f), "model")
