@@ -147,7 +147,10 @@ class Readiness(BaseModel):
 
 
 def errors(*statuses: int) -> dict:
-    """`responses=` for routes: each status documented with the error shape."""
+    """`responses=` for routes: each status documented with the error shape (with 401, also 429:
+    an authenticated route can answer rate_limited)."""
+    if 401 in statuses and 429 not in statuses:
+        statuses = (*statuses, 429)
     return {status: {"model": ErrorResponse} for status in statuses}
 
 
@@ -156,4 +159,6 @@ def accepted(*statuses: int) -> dict:
     location = {"description": "/v1/jobs/{id}: poll it for the result", "schema": {"type": "string"}}
     replayed = {"description": "true when an Idempotency-Key returned an earlier job", "schema": {"type": "string"}}
     queued = {"description": "Queued", "headers": {"Location": location, "Idempotent-Replayed": replayed}}
+    if 400 not in statuses:  # a multipart body that cannot be parsed: 400 bad_request
+        statuses = (400, *statuses)
     return {202: queued, **errors(*statuses)}

@@ -434,4 +434,25 @@ def create_key(tenant: str) -> None:
     click.echo(key)
 
 
+@keys.command("revoke")
+@click.argument("key")
+def revoke_key(key: str) -> None:
+    """Revoke KEY (or read it from stdin when KEY is -): requests with it get 401 from now on."""
+    from shared.db.session import session_scope
+    from shared.keys import SHOWN_CHARS, revoke_api_key
+    from shared.settings import get_settings
+
+    if key == "-":
+        key = sys.stdin.readline().strip()
+    settings = get_settings()
+    database_url = settings.database_url or read_stack_file(settings.state_dir).get("database_url")
+    if not database_url:
+        raise click.ClickException("no database: set BIOFLEET_DATABASE_URL or run `biofleet up`")
+    with session_scope(database_url) as session:
+        revoked = revoke_api_key(session, key)
+    if not revoked:
+        raise click.ClickException("no live key matches")
+    click.echo(f"revoked {key[:SHOWN_CHARS]}...")
+
+
 COMMANDS = [up, down, status, keys]

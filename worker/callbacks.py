@@ -4,7 +4,8 @@ answers) to the job's callback_url once it is final.
 sign(secret, timestamp, body) -> "sha256=<hex>", the HMAC-SHA256 of "<timestamp>.<body>".
 signed_headers(secret, body, timestamp=None) -> the request headers.
 post_signed(url, body, secret, timeout_s) -> HTTP status; CallbackFailed unless 2xx.
-deliver(job_id, settings) -> True when posted, False when there is nothing to post.
+deliver(job_id, settings) -> True when posted, False when there is nothing to post or the URL
+    is refused (shared.callback_guard: private networks unless settings.callback_allowed_networks).
 backoff_s(attempt) -> seconds to wait before retry number `attempt` (1, 2, ...).
 """
 
@@ -17,6 +18,7 @@ import uuid
 
 import httpx
 
+from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import FINAL_STATUSES, Job
 from shared.jobs import job_json
 from shared.settings import Settings
@@ -72,6 +74,11 @@ def deliver(job_id: str, settings: Settings) -> bool:
         if job is None or job.status not in FINAL_STATUSES or not job.callback_url:
             return False
         url, payload = job.callback_url, job_json(job)
+    try:
+        check_callback_url(url, allowed_networks(settings.callback_allowed_networks))
+    except CallbackRefused as exc:
+        log.warning("callback refused", extra={"job_id": job_id, "error": str(exc)})
+        return False
     status = post_signed(url, encode(payload), settings.callback_secret, settings.callback_timeout_s)
     log.info("callback posted", extra={"job_id": job_id, "http_status": status})
     return True

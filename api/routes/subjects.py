@@ -1,8 +1,10 @@
 """GET /v1/subjects/{subject_id}: the subject and its templates per model version.
-DELETE /v1/subjects/{subject_id}: erase its templates, the subject and its stored images.
+DELETE /v1/subjects/{subject_id}: erase its templates, the subject, its stored images and the
+images of its past jobs, with an audit record.
 
 subject_summary(session, tenant_id, subject_id) -> dict | None.
-erase_subject(session, tenant_id, subject_id) -> blob keys to delete, or None when nothing was there.
+erase_subject(session, tenant_id, subject_id, key_prefix=None) -> blob keys to delete, or None when
+    nothing was there; writes an AuditRecord (who, when, counts).
 """
 
 import logging
@@ -10,22 +12,25 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import delete, func, select, update
 
-from api.auth import Tenant
+from api.auth import Tenant, bearer
 from api.deps import get_blobs, get_database_url
 from api.errors import ApiError
 from api.schemas import Subject as SubjectOut
 from api.schemas import errors
-from shared.db.models import FINAL_STATUSES, Job, Subject, Template
+from shared.db.models import FINAL_STATUSES, AuditRecord, Job, Subject, Template
 from shared.db.session import session_scope
 from shared.jobs import is_subject_id
+from shared.keys import SHOWN_CHARS
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["subjects"])
 
-ENROLL_KINDS = ("enroll", "reenroll")
+SUBJECT_KINDS = ("enroll", "reenroll", "verify")  # jobs that name a subject
 SUBJECT_DELETED = "subject_deleted"
+SUBJECT_ERASED = "subject_erased"  # AuditRecord.action
 
 
 def _check(subject_id: str) -> None:
@@ -56,10 +61,12 @@ def subject_summary(session, tenant_id: uuid.UUID, subject_id: str) -> dict | No
     }
 
 
-def erase_subject(session, tenant_id: uuid.UUID, subject_id: str) -> list[str] | None:
-    """Fail the subject's pending enrollments (so no worker re-creates it), delete its templates
-    and row, and clear the image keys of its enrollment jobs. Returns the keys to delete."""
-    of_subject = (Job.tenant_id == tenant_id, Job.subject_external_id == subject_id, Job.kind.in_(ENROLL_KINDS))
+def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: str | None = None) -> list[str] | None:
+    """Fail the subject's pending jobs (so no worker re-creates it), delete its templates and row,
+    clear the image keys of all its jobs (enrollments and verifications), and write an audit
+    record (shared.db.models.AuditRecord: counts only). Returns the keys to delete, or None when
+    there was nothing to erase."""
+    of_subject = (Job.tenant_id == tenant_id, Job.subject_external_id == subject_id, Job.kind.in_(SUBJECT_KINDS))
     # First: this waits for a worker writing one of these jobs, so what it commits is seen below.
     cancelled = session.execute(
         update(Job)
@@ -75,18 +82,24 @@ def erase_subject(session, tenant_id: uuid.UUID, subject_id: str) -> list[str] |
     subject = session.scalars(
         select(Subject).where(Subject.tenant_id == tenant_id, Subject.external_id == subject_id)
     ).first()
+    templates = 0
     if subject is not None:
         keys.update(
             session.scalars(
                 select(Template.image_key).where(Template.subject_id == subject.id, Template.image_key.is_not(None))
             )
         )
-        session.execute(delete(Template).where(Template.subject_id == subject.id))
+        templates = session.execute(delete(Template).where(Template.subject_id == subject.id)).rowcount
         session.execute(delete(Subject).where(Subject.id == subject.id))
     if jobs:
         session.execute(update(Job).where(Job.id.in_([job_id for job_id, _ in jobs])).values(blob_keys=[]))
     if subject is None and not jobs and not cancelled:
         return None
+    details = {"templates": templates, "images": len(keys), "jobs_cleared": len(jobs), "jobs_cancelled": len(cancelled)}
+    session.add(
+        AuditRecord(tenant_id=tenant_id, key_prefix=key_prefix, action=SUBJECT_ERASED, subject_id=subject_id,
+                    details=details)
+    )  # fmt: skip
     return sorted(keys)
 
 
@@ -108,11 +121,13 @@ def delete_subject(
     tenant_id: Tenant,
     database_url: Annotated[str, Depends(get_database_url)],
     blobs: Annotated[object, Depends(get_blobs)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ):
     """204 once erased; 404 when there is nothing (left) to erase."""
     _check(subject_id)
+    prefix = credentials.credentials[:SHOWN_CHARS] if credentials else None
     with session_scope(database_url) as session:
-        keys = erase_subject(session, tenant_id, subject_id)
+        keys = erase_subject(session, tenant_id, subject_id, key_prefix=prefix)
     if keys is None:
         raise _not_found(subject_id)
     failed = 0

@@ -119,3 +119,18 @@ class Job(Base):
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRecord(Base):
+    """Who erased what, and when: counts and ids only, never biometric data or images."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))  # kept when the tenant is gone
+    key_prefix: Mapped[str | None] = mapped_column(String(16))  # the caller's API key prefix
+    action: Mapped[str] = mapped_column(String(32))  # subject_erased, retention_run
+    subject_id: Mapped[str | None] = mapped_column(String(128))  # the client's subject_id
+    details: Mapped[dict] = mapped_column(JSONB, default=dict)  # counts of what was erased
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -132,13 +132,18 @@ def callback_receiver():
 
 
 def test_jobs_through_the_api_and_a_worker(
-    api_client, make_key, start_worker, faces_dir, callback_receiver, services
+    api_client, make_key, start_worker, faces_dir, callback_receiver, services, monkeypatch
 ):
     from shared.blob import BlobNotFound, open_blob_store
     from shared.db.models import Job
     from shared.db.session import session_scope
 
-    start_worker(batch_size=8, callback_secret=CALLBACK_SECRET)
+    # The receiver listens on loopback, refused unless allowed, by the API and by the worker.
+    backends = api_client.app.state.backends
+    monkeypatch.setattr(
+        backends, "settings", backends.settings.model_copy(update={"callback_allowed_networks": "127.0.0.1/32"})
+    )
+    start_worker(batch_size=8, callback_secret=CALLBACK_SECRET, callback_allowed_networks="127.0.0.1/32")
     key = make_key(f"job-path-{uuid.uuid4().hex[:8]}")
 
     enroll_a = enroll(

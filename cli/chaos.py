@@ -1,0 +1,42 @@
+"""`biofleet chaos`: the delivery guarantees under load, with workers killed and services restarted.
+
+Runs its own embedded stack (Valkey with AOF, Postgres, a file blob store) in a temporary folder
+with --workers batching workers, submits --jobs jobs through the submit path while killing a worker
+(SIGKILL, main and pool processes) every --kill-worker-every seconds and restarting Redis and
+Postgres once if asked, waits for every accepted job to be final, and prints one line:
+
+    accepted N, succeeded A, failed B (code n, ...), lost L, duplicated D
+
+lost: accepted jobs not final after --drain-timeout. duplicated: jobs applied twice, counted from
+template rows (more than the job created) and result writes (two "job finished" lines in the
+worker logs). Exit status 1 when lost or duplicated is not 0.
+"""
+
+import click
+
+
+@click.command()
+@click.option("--jobs", "job_count", default=400, show_default=True, help="Jobs to submit.")
+@click.option("--kill-worker-every", default=0.0, show_default=True, help="SIGKILL a worker every S seconds; 0: never.")
+@click.option("--restart-redis-once", is_flag=True, help="Restart Redis (AOF) once, under load.")
+@click.option("--restart-postgres-once", is_flag=True, help="Restart Postgres once, under load.")
+@click.option("--workers", default=2, show_default=True, help="Worker processes.")
+@click.option("--rate", default=8.0, show_default=True, help="Jobs submitted per second.")
+@click.option("--drain-timeout", default=600.0, show_default=True, help="Seconds to wait for the last jobs.")
+@click.option("--keep", is_flag=True, help="Keep the temporary folder (worker logs) and print its path.")
+def chaos(job_count, kill_worker_every, restart_redis_once, restart_postgres_once, workers, rate, drain_timeout, keep):
+    """Run the stack under load and faults; print accepted/succeeded/failed/lost/duplicated."""
+    from cli.chaos_run import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        jobs=job_count, kill_every_s=kill_worker_every, restart_redis=restart_redis_once,
+        restart_postgres=restart_postgres_once, workers=workers, rate=rate, drain_timeout_s=drain_timeout,
+        keep=keep,
+    )  # fmt: skip
+    report = run_chaos(options)
+    click.echo(report.line())
+    if report.lost or report.duplicated:
+        raise SystemExit(1)
+
+
+COMMANDS = [chaos]

@@ -1,0 +1,377 @@
+"""The run behind `biofleet chaos` (cli/chaos.py).
+
+run_chaos(options: ChaosOptions) -> ChaosReport. The stack lives in a temporary folder (never the
+state dir of `biofleet up`); this process points its settings at it (BIOFLEET_* variables) for
+the submit path, and every worker gets the same variables with a short visibility timeout and a
+fast sweeper, so that killed workers' messages come back quickly.
+"""
+
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WORKER_READY_TIMEOUT_S = 240.0
+# Worker settings for the run: messages of a killed worker come back after 30 s, stranded jobs are
+# swept after 30 s, a batch waits up to 120 s for Postgres.
+WORKER_SETTINGS = {
+    "VISIBILITY_TIMEOUT_S": "30",
+    "SWEEP_AFTER_S": "30",
+    "SWEEP_INTERVAL_S": "5",
+    "RETENTION_INTERVAL_S": "0",
+    "DB_RETRY_S": "120",
+    "BATCH_SIZE": "8",
+    "MAX_JOB_ATTEMPTS": "50",
+    "WORKER_METRICS_PORT": "0",
+    "DETECTOR_UPSAMPLE": "0",
+}
+
+
+@dataclass
+class ChaosOptions:
+    jobs: int = 400
+    kill_every_s: float = 0.0
+    restart_redis: bool = False
+    restart_postgres: bool = False
+    workers: int = 2
+    rate: float = 8.0  # submissions per second
+    drain_timeout_s: float = 600.0
+    keep: bool = False
+
+
+@dataclass
+class ChaosReport:
+    accepted: int = 0
+    succeeded: int = 0
+    failed: Counter = field(default_factory=Counter)  # error code -> jobs
+    lost: int = 0
+    duplicated: int = 0
+    events: list[str] = field(default_factory=list)  # what was done to the stack, in order
+
+    def line(self) -> str:
+        codes = ", ".join(f"{code} {n}" for code, n in sorted(self.failed.items())) or "none"
+        return (
+            f"accepted {self.accepted}, succeeded {self.succeeded}, failed {sum(self.failed.values())} ({codes}), "
+            f"lost {self.lost}, duplicated {self.duplicated}"
+        )
+
+
+# --- the workload ------------------------------------------------------------------------------
+
+
+def _png(colour: int, size: int = 160) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (colour, colour, colour)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def workload(count: int, faces_dir: Path, seed: int = 7) -> list:
+    """count shared.jobs.JobRequest: enrollments of real faces first, then verifications,
+    identifications, more enrollments and some undecodable or faceless images."""
+    from shared.jobs import JobRequest
+
+    rng = random.Random(seed)
+    people = []
+    root = faces_dir / "lfw_colour"
+    if root.is_dir():
+        for person in sorted(p for p in root.iterdir() if p.is_dir()):
+            files = sorted(person.glob("*.jpg"))
+            if len(files) >= 2:
+                people.append((person.name, [f.read_bytes() for f in files]))
+    requests = []
+    for i in range(count):
+        roll = rng.random()
+        if people and i < len(people):
+            name, images = people[i]
+            requests.append(JobRequest(kind="enroll", images=(images[0],), subject_id=f"chaos-{name}"))
+        elif people and roll < 0.6:
+            name, images = rng.choice(people)
+            other, _ = rng.choice(people)
+            requests.append(JobRequest(kind="verify", images=(rng.choice(images[1:]),), subject_id=f"chaos-{other}"))
+        elif people and roll < 0.75:
+            _, images = rng.choice(people)
+            requests.append(JobRequest(kind="identify", images=(rng.choice(images),), top_k=3))
+        elif people and roll < 0.85:
+            name, images = rng.choice(people)
+            requests.append(JobRequest(kind="enroll", images=(rng.choice(images[1:]),), subject_id=f"chaos-{name}-{i}"))
+        elif roll < 0.93:
+            requests.append(JobRequest(kind="verify", images=(os.urandom(2048),), subject_id="chaos-nobody"))
+        else:
+            requests.append(JobRequest(kind="identify", images=(_png(rng.randrange(256)),), top_k=1))
+    return requests
+
+
+# --- the stack ---------------------------------------------------------------------------------
+
+
+class Stack:
+    """Valkey, Postgres, a blob folder and the workers of one chaos run, under root."""
+
+    def __init__(self, root: Path, workers: int):
+        self.root = root
+        self.worker_count = workers
+        self.valkey = None
+        self.redis_url = ""
+        self.database_url = ""
+        self.blob_url = ""
+        self.workers: list = []  # Popen, newest last
+        self.started = 0
+        self.env: dict = {}
+
+    def start(self) -> None:
+        from shared import stack
+        from shared.db.migrate import upgrade
+
+        self.valkey, self.redis_url = stack.start_valkey(self.root / "valkey")
+        self.database_url = stack.start_postgres(self.root / "pg")
+        upgrade(self.database_url)
+        blobs = self.root / "blobs"
+        blobs.mkdir()
+        self.blob_url = blobs.as_uri()
+        urls = {"REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url, "BLOB_URL": self.blob_url,
+                "STATE_DIR": str(self.root / "state")}  # fmt: skip
+        self.env = {**os.environ, **{f"BIOFLEET_{k}": v for k, v in {**urls, **WORKER_SETTINGS}.items()}}
+        self.env["PYTHONUNBUFFERED"] = "1"
+        os.environ.update({f"BIOFLEET_{k}": v for k, v in urls.items()})  # this process's submit path
+        _clear_caches()
+        for _ in range(self.worker_count):
+            self.start_worker()
+        stack.wait_worker_ready(self.redis_url, WORKER_READY_TIMEOUT_S, min_workers=self.worker_count)
+
+    def start_worker(self):
+        from shared import stack
+
+        log_path = self.root / f"worker-{self.started}.log"
+        self.started += 1
+        proc = stack.start_process([sys.executable, "-m", "worker"], self.env, log_path)
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self) -> int:
+        """SIGKILL the oldest live worker's process group (main and pool) and start another."""
+        live = [p for p in self.workers if p.poll() is None]
+        if live:
+            victim = live[0]
+            try:
+                os.killpg(victim.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            victim.wait()
+        self.start_worker()
+        return live[0].pid if live else 0
+
+    def restart_redis(self) -> None:
+        from shared import stack
+
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        stack.stop_process(self.valkey, timeout=15)
+        self.valkey, _ = stack.start_valkey(self.root / "valkey", port=port)
+
+    def restart_postgres(self, down_s: float = 3.0) -> None:
+        from shared import stack
+
+        stack.stop_postgres(self.root / "pg")
+        time.sleep(down_s)
+        stack.start_postgres(self.root / "pg")
+
+    def stop(self) -> None:
+        from shared import stack
+
+        for proc in self.workers:
+            if proc.poll() is None:
+                stack.stop_process(proc, timeout=20)
+        if self.valkey is not None:
+            stack.stop_process(self.valkey, timeout=10)
+        stack.stop_postgres(self.root / "pg")
+
+    def worker_logs(self) -> list[Path]:
+        return sorted(self.root.glob("worker-*.log"))
+
+
+def _clear_caches() -> None:
+    from shared.celery_app import get_celery
+    from shared.db.session import dispose_engines
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    get_celery.cache_clear()
+    sys.modules.pop("celeryconfig", None)
+    dispose_engines()
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def submit_all(stack: Stack, requests: list, rate: float, stop: threading.Event, progress) -> list[str]:
+    """Submit every request at `rate` per second, retrying one that is refused (Redis or Postgres
+    away) with the same Idempotency-Key until it is accepted. Returns the accepted job ids."""
+    from shared.blob import open_blob_store
+    from shared.celery_app import get_celery
+    from shared.db.session import session_scope
+    from shared.jobs import SubmitError, submit_job
+    from shared.keys import get_or_create_tenant
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    with session_scope(stack.database_url) as session:
+        tenant_id = get_or_create_tenant(session, "chaos")
+    blobs = open_blob_store(stack.blob_url)
+    accepted = []
+    start = time.monotonic()
+    for index, request in enumerate(requests):
+        time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        while not stop.is_set():
+            try:
+                submitted = submit_job(tenant_id, request, blobs, get_celery(), stack.database_url, settings,
+                                       idempotency_key=f"chaos-{index}")  # fmt: skip
+                accepted.append(str(submitted.job.id))
+                break
+            except SubmitError as exc:
+                if exc.code not in ("queue_unavailable", "storage_unavailable"):
+                    raise
+            except Exception as exc:  # Postgres restarting
+                log.debug("submit failed", extra={"error": type(exc).__name__})
+            time.sleep(0.5)
+        progress(len(accepted))
+    return accepted
+
+
+def final_counts(database_url: str, job_ids: list[str]) -> tuple[int, Counter, int]:
+    """(succeeded, failed by code, not final) of job_ids."""
+    from sqlalchemy import select
+
+    from shared.db.models import Job
+    from shared.db.session import session_scope
+
+    ids = [uuid.UUID(j) for j in job_ids]
+    with session_scope(database_url) as session:
+        rows = session.execute(select(Job.status, Job.error_code).where(Job.id.in_(ids))).all()
+    succeeded = sum(1 for status, _ in rows if status == "succeeded")
+    failed = Counter(code or "unknown" for status, code in rows if status == "failed")
+    return succeeded, failed, len(ids) - succeeded - sum(failed.values())
+
+
+def duplicated_jobs(database_url: str, logs: list[Path]) -> set[str]:
+    """Jobs applied twice: more template rows than their result says they created, or more than
+    one "job finished" line (written once per committed outcome) in the worker logs."""
+    from sqlalchemy import func, select
+
+    from shared.db.models import Job, Template
+    from shared.db.session import session_scope
+
+    duplicated = set()
+    with session_scope(database_url) as session:
+        rows = session.execute(
+            select(Template.source_job_id, func.count(), Job.result)
+            .join(Job, Job.id == Template.source_job_id)
+            .group_by(Template.source_job_id, Job.result)
+        ).all()
+    for job_id, count, result in rows:
+        if count > (result or {}).get("templates_created", 0):
+            duplicated.add(str(job_id))
+    finished = Counter()
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"job finished"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("message") == "job finished":
+                finished[entry.get("job_id")] += 1
+    duplicated.update(job_id for job_id, n in finished.items() if n > 1)
+    return duplicated
+
+
+def run_chaos(options: ChaosOptions) -> ChaosReport:
+    """Start the stack, run the load and the faults, drain, count; always stop the stack."""
+    from rich.console import Console
+
+    from shared.settings import get_settings
+
+    console = Console(stderr=True)
+    root = Path(tempfile.mkdtemp(prefix="biofleet-chaos-"))
+    stack = Stack(root, options.workers)
+    report = ChaosReport()
+    stop = threading.Event()
+    try:
+        console.print(f"starting the stack and {options.workers} workers in {root}")
+        stack.start()
+        requests = workload(options.jobs, get_settings().faces_dir)
+        load_s = options.jobs / options.rate
+        accepted: list[str] = []
+        state = {"submitted": 0}
+
+        def load() -> None:
+            accepted.extend(submit_all(stack, requests, options.rate, stop, lambda n: state.update(submitted=n)))
+
+        submitter = threading.Thread(target=load, name="submit", daemon=True)
+        submitter.start()
+        started = time.monotonic()
+        plan = []  # (at seconds, action name)
+        if options.kill_every_s > 0:
+            plan += [(t, "kill") for t in _steps(options.kill_every_s, load_s)]
+        if options.restart_redis:
+            plan.append((load_s / 3, "redis"))
+        if options.restart_postgres:
+            plan.append((2 * load_s / 3, "postgres"))
+        for at, action in sorted(plan):
+            while time.monotonic() - started < at and submitter.is_alive():
+                time.sleep(0.1)
+            event = _act(stack, action)
+            report.events.append(event)
+            console.print(f"[{time.monotonic() - started:6.1f} s] {event} ({state['submitted']} submitted)")
+        submitter.join()
+        report.accepted = len(accepted)
+        deadline = time.monotonic() + options.drain_timeout_s
+        while True:
+            report.succeeded, report.failed, pending = final_counts(stack.database_url, accepted)
+            console.print(f"[{time.monotonic() - started:6.1f} s] {report.accepted - pending}/{report.accepted} final")
+            if pending == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+        report.lost = pending
+        time.sleep(2)  # let the last log lines reach the files
+        report.duplicated = len(duplicated_jobs(stack.database_url, stack.worker_logs()))
+    finally:
+        stop.set()
+        stack.stop()
+        if options.keep:
+            console.print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+def _steps(every_s: float, until_s: float) -> list[float]:
+    steps, t = [], every_s
+    while t < until_s:
+        steps.append(t)
+        t += every_s
+    return steps
+
+
+def _act(stack: Stack, action: str) -> str:
+    if action == "kill":
+        return f"killed worker {stack.kill_worker()}"
+    if action == "redis":
+        stack.restart_redis()
+        return "restarted Redis"
+    stack.restart_postgres()
+    return "restarted Postgres"
