@@ -134,24 +134,26 @@ def retire(name: str) -> None:
 
 
 def submit_reenroll(database_url: str, celery, subject, target: str) -> list[str]:
-    """Reenroll jobs for one subject (its retained images, 10 per job): the rows are committed,
-    then the messages published (a row whose message is lost is published again by the sweeper)."""
+    """Reenroll jobs for one subject: its retained images, 10 per job, crops apart from photos as
+    they were enrolled. The rows are committed, then the messages published (a row whose message
+    is lost is published again by the sweeper)."""
     from shared.db.models import Job
     from shared.db.session import session_scope
     from shared.jobs import message_for, publish
 
     messages = []
     with session_scope(database_url) as session:
-        for start in range(0, len(subject.keys), MAX_KEYS):
-            job = Job(
-                id=uuid.uuid4(), tenant_id=subject.tenant_id, kind="reenroll", status="queued",
-                subject_external_id=subject.external_id, blob_keys=subject.keys[start : start + MAX_KEYS],
-                cropped=False, attempts=0, model_version=target,
-            )  # fmt: skip
-            session.add(job)
-            session.flush()
-            session.refresh(job)
-            messages.append(message_for(job))
+        for cropped, keys in subject.groups():
+            for start in range(0, len(keys), MAX_KEYS):
+                job = Job(
+                    id=uuid.uuid4(), tenant_id=subject.tenant_id, kind="reenroll", status="queued",
+                    subject_external_id=subject.external_id, blob_keys=keys[start : start + MAX_KEYS],
+                    cropped=cropped, attempts=0, model_version=target,
+                )  # fmt: skip
+                session.add(job)
+                session.flush()
+                session.refresh(job)
+                messages.append(message_for(job))
     for message in messages:
         publish(celery, message)
     return [message.job_id for message in messages]

@@ -165,6 +165,12 @@ class SubjectImages:
     tenant_id: uuid.UUID
     external_id: str
     keys: list[str]
+    cropped: set[str] = field(default_factory=set)  # keys first enrolled as face crops: no detection
+
+    def groups(self) -> list[tuple[bool, list[str]]]:
+        """(cropped, keys) groups: a reenroll job processes its images as their enrollment did."""
+        found = [(flag, [k for k in self.keys if (k in self.cropped) == flag]) for flag in (False, True)]
+        return [(flag, keys) for flag, keys in found if keys]
 
 
 @dataclass
@@ -194,16 +200,19 @@ def reenroll_plan(session, target: str) -> ReenrollPlan:
     todo, no_images = [], []
     if wanted and cover.source is not None:
         rows = session.execute(
-            select(Subject.id, Subject.tenant_id, Subject.external_id, Template.image_key)
+            select(Subject.id, Subject.tenant_id, Subject.external_id, Template.image_key, Job.cropped)
             .join(Template, Template.subject_id == Subject.id)
+            .outerjoin(Job, Job.id == Template.source_job_id)
             .where(Template.model_version == cover.source)
             .order_by(Subject.tenant_id, Subject.external_id, Template.created_at, Template.image_index)
         ).all()
         images: dict[tuple, SubjectImages] = {}
-        for subject_pk, tenant_id, external_id, key in rows:
+        for subject_pk, tenant_id, external_id, key, cropped in rows:
             entry = images.setdefault((tenant_id, external_id), SubjectImages(subject_pk, tenant_id, external_id, []))
             if key and key not in entry.keys:
                 entry.keys.append(key)
+                if cropped:
+                    entry.cropped.add(key)
         for key in wanted:
             entry = images.get(key)
             if entry is None or not entry.keys:

@@ -205,8 +205,8 @@ def any_running(services, job_ids):
 def test_worker_main_process_killed_mid_batch(services, publisher, workers, faces_dir):
     """SIGKILL to the whole worker (main and pool): its reserved messages stay unacked and come
     back after the visibility timeout, to another worker; every job is applied once."""
-    job_ids = queue_enrollments(services, publisher, faces_dir, 8)
-    first = workers(batch_size=4, visibility_timeout_s=5)
+    job_ids = queue_enrollments(services, publisher, faces_dir, 16)
+    first = workers(wait=False, batch_size=4, visibility_timeout_s=5)  # watch from its start
     wait_until(lambda: any_running(services, job_ids), "a batch to start")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
@@ -256,8 +256,8 @@ def _session_pg_dir(services):
 def test_sigterm_finishes_the_batch_and_returns_buffered_messages(services, publisher, workers, faces_dir):
     """Scale-down: SIGTERM lets the running batch finish; messages buffered but not started go
     back to the queue and the next worker completes them; nothing runs twice."""
-    job_ids = queue_enrollments(services, publisher, faces_dir, 12)
-    first = workers(batch_size=4)
+    job_ids = queue_enrollments(services, publisher, faces_dir, 16)
+    first = workers(wait=False, batch_size=4)  # watch from its start: a fast machine drains 16 jobs in seconds
     running = wait_until(
         lambda: [r for r in rows(services, job_ids) if r.status == "running"] or None, "a batch to start"
     )

@@ -148,3 +148,13 @@ def test_the_worker_lists_its_queues_in_priority_order_reenroll_last():
     queues = argv[argv.index("--queues") + 1].split(",")
     assert queues[0] == "verify" and queues[-1] == "reenroll"
     assert set(JOB_QUEUES) <= set(queues)
+
+
+def test_reenroll_groups_keep_crops_apart_from_photos():
+    import uuid
+
+    from shared.gallery import SubjectImages
+
+    subject = SubjectImages(uuid.uuid4(), uuid.uuid4(), "alice", ["a", "b", "c"], cropped={"b"})
+    assert subject.groups() == [(False, ["a", "c"]), (True, ["b"])]
+    assert SubjectImages(uuid.uuid4(), uuid.uuid4(), "bob", ["x"]).groups() == [(False, ["x"])]
