@@ -19,6 +19,7 @@ test: install
 run: install
 	$(VENV)/bin/biofleet up
 	$(VENV)/bin/biofleet demo --samples "$(SAMPLES)"
+	$(VENV)/bin/biofleet status
 
 down:
 	$(VENV)/bin/biofleet down
