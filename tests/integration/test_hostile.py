@@ -7,7 +7,6 @@ import io
 import json
 import os
 import struct
-import time
 import uuid
 import zlib
 
@@ -20,10 +19,10 @@ from PIL import Image
 
 from api.app import create_app
 from shared.settings import Settings
+from tests.integration.polling import wait_final
 
 pytestmark = [pytest.mark.stack]
 
-DEADLINE_S = 300.0  # a bound on waiting, not a timing assertion
 FACE = ("Tony_Blair", 1)
 
 
@@ -79,20 +78,6 @@ def hostile_images(faces_dir) -> dict[str, tuple[bytes, set[str]]]:
         "tiny_face": (encode(face.resize((30, 30)), "PNG"), {"no_face"}),
         "many_faces": (encode(grid, "JPEG"), {"multiple_faces"}),
     }
-
-
-def wait_final(client, key, job_ids):
-    deadline = time.monotonic() + DEADLINE_S
-    done = {}
-    while len(done) < len(job_ids):
-        for job_id in job_ids:
-            if job_id not in done:
-                job = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
-                if job["status"] in ("succeeded", "failed"):
-                    done[job_id] = job
-        assert time.monotonic() < deadline, f"{len(job_ids) - len(done)} jobs not final"
-        time.sleep(0.3)
-    return done
 
 
 def drain_tenant_messages(redis_client, tenant_ids: set[str]) -> None:

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-pytestmark = [pytest.mark.stack]
+from tests.integration.polling import wait_final
 
-DEADLINE_S = 300.0  # a bound on waiting, not a timing assertion
+pytestmark = [pytest.mark.stack]
 
 
 def b64(data: bytes) -> str:
@@ -314,18 +314,3 @@ def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(api_client, services,
         assert not BASE64_RUN.search(text), f"a base64 run in the {name} log"
         assert not DESCRIPTOR_RUN.search(text), f"a list of floats in the {name} log"
         assert "JFIF" not in text and "\\xff\\xd8" not in text and "PNG\\r\\n" not in text, name
-
-
-def wait_final(client, key, job_ids):
-    deadline = time.monotonic() + DEADLINE_S
-    done = {}
-    while len(done) < len(job_ids):
-        for job_id in job_ids:
-            if job_id not in done:
-                job = client.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()
-                if job["status"] in ("succeeded", "failed"):
-                    done[job_id] = job
-        assert time.monotonic() < deadline, "jobs not final"
-        time.sleep(0.3)
-    return done
-
