@@ -417,19 +417,25 @@ def keys() -> None:
     """API keys."""
 
 
-@keys.command("create")
-@click.option("--tenant", required=True, help="Tenant name; created when missing.")
-def create_key(tenant: str) -> None:
-    """Create an API key for TENANT and print it (alone, on stdout). It is shown only once."""
-    from shared.db.session import session_scope
-    from shared.keys import create_api_key
+def _database_url() -> str:
+    """The configured database, else the running embedded stack's."""
     from shared.settings import get_settings
 
     settings = get_settings()
     database_url = settings.database_url or read_stack_file(settings.state_dir).get("database_url")
     if not database_url:
         raise click.ClickException("no database: set BIOFLEET_DATABASE_URL or run `biofleet up`")
-    with session_scope(database_url) as session:
+    return database_url
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Tenant name; created when missing.")
+def create_key(tenant: str) -> None:
+    """Create an API key for TENANT and print it (alone, on stdout). It is shown only once."""
+    from shared.db.session import session_scope
+    from shared.keys import create_api_key
+
+    with session_scope(_database_url()) as session:
         key = create_api_key(session, tenant)
     click.echo(key)
 
@@ -440,15 +446,10 @@ def revoke_key(key: str) -> None:
     """Revoke KEY (or read it from stdin when KEY is -): requests with it get 401 from now on."""
     from shared.db.session import session_scope
     from shared.keys import SHOWN_CHARS, revoke_api_key
-    from shared.settings import get_settings
 
     if key == "-":
         key = sys.stdin.readline().strip()
-    settings = get_settings()
-    database_url = settings.database_url or read_stack_file(settings.state_dir).get("database_url")
-    if not database_url:
-        raise click.ClickException("no database: set BIOFLEET_DATABASE_URL or run `biofleet up`")
-    with session_scope(database_url) as session:
+    with session_scope(_database_url()) as session:
         revoked = revoke_api_key(session, key)
     if not revoked:
         raise click.ClickException("no live key matches")
