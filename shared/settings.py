@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     detector_cnn_upsample: int = Field(0, ge=0, le=2)  # for "cnn" (its window finds faces from ~80 px)
     multiple_faces: Literal["reject", "largest"] = "largest"
     max_image_pixels: int = 25_000_000
+    # Phone photos: the detector sees a working copy whose longest side is at most detect_max_side
+    # (JPEG decoded at a reduced DCT scale); the chip comes from pixels of the face's own
+    # resolution. The smallest face found is then about 80 x longest side / detect_max_side
+    # original pixels (never below 80): 323 px in a 4032x3024 photo, 154 px in 1920x1080.
+    detect_max_side: int = Field(1000, ge=256, le=8192)
     match_threshold: float = 0.6  # used until a model version carries a calibrated one
     decode_threads: int = 2
 

@@ -1,13 +1,23 @@
 """A batch of image byte strings -> one FaceResult per image.
 
-decode runs per image on a thread pool; detection runs on the whole batch at once when the
-detector can (CnnDetector.detect_many: one forward pass), else per image on the pool; the 5-point
-landmarks of all faces come from one vectorised pass; alignment runs on the pool; then the chips
-of the whole batch go through the network in one embed call. An image that fails gets an error
-code; it never fails the others.
+Images are phone photos, not crops: each is decoded (on a thread pool) to a working copy whose
+longest side is at most detect_max_side (JPEG at a reduced DCT scale: a 12 MP photo decodes at 1/4);
+detection runs on the working copies, of the whole batch at once when the detector can
+(CnnDetector.detect_many: one forward pass), else per image on the pool; the 5-point landmarks of
+all faces come from one vectorised pass on the working copies. Alignment runs on the pool: where
+the working copy holds fewer pixels across the chip than the chip itself (chip_detail x 150), the
+face's region is decoded again at the scale that has them (never enlarged from the small copy when
+the original has the detail), and the landmarks are taken there again; frames are dropped once the
+chips exist. Then the chips of the whole batch go through the network in one embed call. Boxes and
+landmarks are reported in the original (upright) image's pixels. An image that fails gets an
+error code; it never fails the others.
+
+The smallest face found: the CNN detector's window is 80 px, so faces from about
+80 x longest side / detect_max_side original pixels (smallest_face_px).
 """
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +25,9 @@ from typing import Protocol
 
 import numpy as np
 
-from worker.face.align import face_chip
-from worker.face.decode import decode_image
-from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector
+from worker.face.align import chip_rect, face_chip
+from worker.face.decode import Region, Working, decode_region, decode_working
+from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, clip_box
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
@@ -26,6 +36,15 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("largest", "reject")
 DETECTORS = ("hog", "cnn", "cropped")
+DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
+CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
+CHIP_SIZE = 150
+DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the working resolution
+
+
+def smallest_face_px(width: int, height: int, detect_max_side: int = DETECT_MAX_SIDE) -> int:
+    """The smallest face width (original pixels) the CNN detector finds in a width x height photo."""
+    return math.ceil(DETECTOR_WINDOW_PX * max(1.0, max(width, height) / detect_max_side))
 
 
 class ChipEmbedder(Protocol):
@@ -52,10 +71,36 @@ def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
     return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")
 
 
+def _original_box(box: Box, work: Working) -> Box:
+    """A working-copy box -> the original pixels it covers (inclusive, clipped)."""
+    if not work.reduced:
+        return box
+    return clip_box(
+        math.floor(box.left * work.scale_x), math.floor(box.top * work.scale_y),
+        math.ceil((box.right + 1) * work.scale_x) - 1, math.ceil((box.bottom + 1) * work.scale_y) - 1,
+        work.width, work.height,
+    )  # fmt: skip
+
+
+def _scale_box(box: Box, work: Working, region: Region) -> Box:
+    """A working-copy box -> the same box in a region's pixels (not clipped: the predictor reads
+    around it either way)."""
+    def x(v: float) -> int:
+        return round(((v + 0.5) * work.scale_x - 0.5 - region.left) / region.scale_x)
+
+    def y(v: float) -> int:
+        return round(((v + 0.5) * work.scale_y - 0.5 - region.top) / region.scale_y)
+
+    return Box(x(box.left), y(box.top), x(box.right), y(box.bottom))
+
+
 class FacePipeline:
     """Images to descriptors with a given embedder, detector and landmarker.
 
     max_pixels: larger images fail with image_too_large before they are decoded.
+    detect_max_side: the working copy's largest side (detection runs there; see the module).
+    chip_detail: how many chip sizes of source pixels the chip's rectangle needs before the face
+    is decoded again at a higher resolution.
     multiple_faces: "largest" keeps the largest box; "reject" fails the image with multiple_faces.
     threads: size of the pool that decodes, detects and aligns. Call close() (or use `with`) to
     stop the pool.
@@ -70,9 +115,15 @@ class FacePipeline:
         max_pixels: int,
         multiple_faces: str = "largest",
         threads: int = 2,
+        detect_max_side: int = DETECT_MAX_SIDE,
+        chip_detail: float = CHIP_DETAIL,
     ):
         if multiple_faces not in POLICIES:
             raise ValueError(f"multiple_faces must be one of {POLICIES}, not {multiple_faces!r}")
+        if detect_max_side < DETECTOR_WINDOW_PX or chip_detail <= 0:
+            raise ValueError(f"detect_max_side must be >= {DETECTOR_WINDOW_PX} and chip_detail > 0")
+        self.detect_max_side = detect_max_side
+        self.chip_detail = chip_detail
         self.embedder = embedder
         self.detector = detector
         self.landmarker = landmarker
@@ -90,9 +141,10 @@ class FacePipeline:
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
         names = [self.cropped_detector.name if flag else self.detector.name for flag in flags]
         decoded = list(self._pool.map(self._decode, images))
-        found = self._detect(decoded, flags)
+        found = self._detect([d.pixels if isinstance(d, Working) else d for d in decoded], flags)
 
-        # Per image: its face box or its FaceResult with the error; then all landmarks at once.
+        # Per image: its face box (working copy) or its FaceResult with the error; then all
+        # landmarks at once, on the working copies.
         stage: list[Box | FaceResult | _Face] = []
         for name, image, boxes, data in zip(names, decoded, found, images):
             try:
@@ -100,19 +152,19 @@ class FacePipeline:
             except Exception as error:
                 stage.append(_failure(name, error, len(data)))
         waiting = [i for i, item in enumerate(stage) if isinstance(item, Box)]
-        points = self._landmarks([decoded[i] for i in waiting], [stage[i] for i in waiting])
+        points = self._landmarks([decoded[i].pixels for i in waiting], [stage[i] for i in waiting])
 
         def align(i: int, landmarks) -> _Face | FaceResult:
             if isinstance(landmarks, Exception):
                 return _failure(names[i], landmarks, len(images[i]))
             try:
-                chip = face_chip(decoded[i], landmarks)
+                return self._align(images[i], decoded[i], stage[i], landmarks, names[i])
             except Exception as error:
                 return _failure(names[i], error, len(images[i]))
-            return _Face(chip=chip, box=stage[i], landmarks=landmarks, detector=names[i])
 
         for i, face in zip(waiting, self._pool.map(align, waiting, points)):
             stage[i] = face
+        del decoded  # the working copies: the chips exist
 
         faces = [p for p in stage if isinstance(p, _Face)]
         if faces:
@@ -138,11 +190,30 @@ class FacePipeline:
             raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
         return max(boxes, key=lambda b: b.area)  # ties keep the better-scored box
 
-    def _decode(self, data: bytes) -> np.ndarray | Exception:
+    def _decode(self, data: bytes) -> Working | Exception:
         try:
-            return decode_image(data, self.max_pixels)
+            return decode_working(data, self.max_pixels, self.detect_max_side)
         except Exception as error:
             return error
+
+    def _align(self, data: bytes, work: Working, box: Box, landmarks: np.ndarray, name: str) -> _Face:
+        """The chip from pixels with enough detail, and the box and landmarks in original pixels."""
+        source = Region(work.pixels, 0.5 * work.scale_x - 0.5, 0.5 * work.scale_y - 0.5, work.scale_x, work.scale_y)
+        rect, angle = chip_rect(landmarks, CHIP_SIZE, 0.25)
+        side = rect.r - rect.l + 1  # working pixels across the chip
+        need = self.chip_detail * CHIP_SIZE
+        if work.reduced and side < need:
+            # Decode the chip's area again at the resolution it needs (at most the original's).
+            corners = source.to_original(rect.rotated_corners(angle))
+            scale = max(work.scale_x, work.scale_y)
+            margin = 0.1 * side * scale + 4
+            region = (corners[:, 0].min() - margin, corners[:, 1].min() - margin,
+                      corners[:, 0].max() + margin, corners[:, 1].max() + margin)  # fmt: skip
+            source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
+            face = _scale_box(box, work, source)
+            landmarks = self.landmarker.landmarks(source.pixels, face)
+        chip = face_chip(source.pixels, landmarks)
+        return _Face(chip=chip, box=_original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
 
     def _detect(self, decoded: list, flags: list[bool]) -> list:
         """Per image: its boxes, or the exception detection raised (None for images that failed
@@ -214,6 +285,7 @@ def load_pipeline(
     multiple_faces: str = "largest",
     threads: int = 2,
     cache_dir: Path | None = None,
+    detect_max_side: int = DETECT_MAX_SIDE,
 ) -> FacePipeline:
     """The pipeline with the real network (worker.face.embed.Embedder on device), a detector
     ("hog": dlib's HOG detector with `upsample`; "cnn": the ported CNN detector on the same device,
@@ -235,4 +307,5 @@ def load_pipeline(
         max_pixels=max_pixels,
         multiple_faces=multiple_faces,
         threads=threads,
+        detect_max_side=detect_max_side,
     )
