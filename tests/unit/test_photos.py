@@ -175,3 +175,17 @@ def test_corpus_is_deterministic(faces_dir):
         place(face, (1920, 1080), 1200, 1)
     upright = Image.open(io.BytesIO(encode(first, "JPEG", 90, 6)))
     assert upright.size == (1080, 1920) and upright.getexif()[0x0112] == 6
+
+
+def test_torch_alignment_in_the_pipeline_on_the_cpu(parts, faces_dir):
+    """The device path's alignment, falling back to the CPU: the same faces as numpy's."""
+    photos = [encode(place(source(faces_dir, name), (4032, 3024), 500, 2)[0], "JPEG", 90) for name in
+              ("Vladimir_Putin", "Donald_Rumsfeld")]  # fmt: skip
+    photos.append(encode(source(faces_dir, "Tony_Blair", 3), "JPEG", 95))
+    with variant(parts, aligner="numpy") as exact, variant(parts, aligner="torch") as batched:
+        assert exact.aligner == "numpy" and batched.aligner == "torch"
+        for a, b in zip(exact.process(photos), batched.process(photos)):
+            assert a.ok and b.ok and a.box == b.box
+            assert np.linalg.norm(a.descriptor - b.descriptor) < 0.02
+    with pytest.raises(ValueError):
+        variant(parts, aligner="opencv")

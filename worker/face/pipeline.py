@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("largest", "reject")
 DETECTORS = ("hog", "cnn", "cropped")
+ALIGNERS = ("auto", "numpy", "torch")
 DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
 CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
 CHIP_SIZE = 150
@@ -57,10 +58,12 @@ class ChipEmbedder(Protocol):
 class _Face:
     """One image's aligned face, waiting for its descriptor."""
 
-    chip: np.ndarray
+    chip: np.ndarray | None
     box: Box
     landmarks: np.ndarray
     detector: str
+    source: Region | None = None  # until the chip exists (batched torch alignment)
+    points: np.ndarray | None = None  # the landmarks in source's pixels
 
 
 def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
@@ -101,6 +104,9 @@ class FacePipeline:
     detect_max_side: the working copy's largest side (detection runs there; see the module).
     chip_detail: how many chip sizes of source pixels the chip's rectangle needs before the face
     is decoded again at a higher resolution.
+    aligner: "numpy" (worker.face.align, exact, per face on the pool), "torch"
+    (worker.face.align_torch, batched, on the embedder's device) or "auto" (torch on CUDA, numpy
+    on the CPU, where the two measured alike).
     multiple_faces: "largest" keeps the largest box; "reject" fails the image with multiple_faces.
     threads: size of the pool that decodes, detects and aligns. Call close() (or use `with`) to
     stop the pool.
@@ -117,11 +123,18 @@ class FacePipeline:
         threads: int = 2,
         detect_max_side: int = DETECT_MAX_SIDE,
         chip_detail: float = CHIP_DETAIL,
+        aligner: str = "auto",
     ):
         if multiple_faces not in POLICIES:
             raise ValueError(f"multiple_faces must be one of {POLICIES}, not {multiple_faces!r}")
         if detect_max_side < DETECTOR_WINDOW_PX or chip_detail <= 0:
             raise ValueError(f"detect_max_side must be >= {DETECTOR_WINDOW_PX} and chip_detail > 0")
+        if aligner not in ALIGNERS:
+            raise ValueError(f"aligner must be one of {ALIGNERS}, not {aligner!r}")
+        if aligner == "auto":
+            device = getattr(embedder, "device", None)
+            aligner = "torch" if getattr(device, "type", "cpu") == "cuda" else "numpy"
+        self.aligner = aligner
         self.detect_max_side = detect_max_side
         self.chip_detail = chip_detail
         self.embedder = embedder
@@ -164,7 +177,8 @@ class FacePipeline:
 
         for i, face in zip(waiting, self._pool.map(align, waiting, points)):
             stage[i] = face
-        del decoded  # the working copies: the chips exist
+        del decoded  # the working copies
+        self._batch_chips([p for p in stage if isinstance(p, _Face) and p.chip is None])
 
         faces = [p for p in stage if isinstance(p, _Face)]
         if faces:
@@ -212,8 +226,27 @@ class FacePipeline:
             source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
             face = _scale_box(box, work, source)
             landmarks = self.landmarker.landmarks(source.pixels, face)
-        chip = face_chip(source.pixels, landmarks)
-        return _Face(chip=chip, box=_original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
+        face = _Face(chip=None, box=_original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
+        if self.aligner == "numpy":
+            face.chip = face_chip(source.pixels, landmarks)
+        else:
+            face.source, face.points = source, landmarks
+        return face
+
+    def _batch_chips(self, faces: list[_Face]) -> None:
+        """The chips of faces aligned in torch, all in one grid_sample; their sources dropped."""
+        if not faces:
+            return
+        from worker.face.align_torch import face_chips
+
+        device = getattr(self.embedder, "device", "cpu")
+        try:
+            chips = face_chips([f.source.pixels for f in faces], [f.points for f in faces], device=device)
+        except Exception:
+            log.exception("torch alignment failed; aligning with numpy", extra={"faces": len(faces)})
+            chips = [face_chip(f.source.pixels, f.points) for f in faces]
+        for face, chip in zip(faces, chips):
+            face.chip, face.source, face.points = chip, None, None
 
     def _detect(self, decoded: list, flags: list[bool]) -> list:
         """Per image: its boxes, or the exception detection raised (None for images that failed
