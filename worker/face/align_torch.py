@@ -79,18 +79,13 @@ def face_chips(
     chips = np.zeros((n, size, size, 3), dtype=np.uint8)
     if n == 0:
         return chips
-    sources, grids, keep = [], [], []
-    steps = torch.arange(size, dtype=torch.float64) / (size - 1)
-    rs, cs = torch.meshgrid(steps, steps, indexing="ij")
+    sources, corners, keep = [], [], []
     for i, (image, points) in enumerate(zip(images, landmarks)):
-        source, corners = _source(image, np.asarray(points, dtype=np.float64), size, padding, device)
+        source, tl_tr_bl = _source(image, np.asarray(points, dtype=np.float64), size, padding, device)
         if source is None or source.shape[1] < 2 or source.shape[2] < 2:
             continue
-        tl, tr, bl = (torch.tensor(c, dtype=torch.float64) for c in corners)
-        x = tl[0] + cs * (tr[0] - tl[0]) + rs * (bl[0] - tl[0])
-        y = tl[1] + cs * (tr[1] - tl[1]) + rs * (bl[1] - tl[1])
         sources.append(source)
-        grids.append(torch.stack([x, y], dim=-1))
+        corners.append(tl_tr_bl)
         keep.append(i)
     if not sources:
         return chips
@@ -99,14 +94,20 @@ def face_chips(
     batch = torch.zeros((len(sources), 3, height, width), device=device)
     for j, source in enumerate(sources):
         batch[j, :, : source.shape[1], : source.shape[2]] = source
-    points = torch.stack(grids).to(device)  # (M, size, size, 2) source pixels (x, y)
-    # Samples without 4 neighbours inside the face's own source are black (as dlib).
-    limits = torch.tensor([[s.shape[2], s.shape[1]] for s in sources], device=device, dtype=torch.float64)
-    floor = torch.floor(points)
-    inside = ((floor >= 0) & (floor + 1 < limits.view(-1, 1, 1, 2))).all(dim=-1)
-    scale = torch.tensor([width - 1, height - 1], device=device, dtype=torch.float64).clamp(min=1)
-    grid = (2 * points / scale - 1).float()
+    # Chip (u, v) in [-1, 1] (corners aligned) -> source pixel tl + (u+1)/2 (tr-tl) + (v+1)/2 (bl-tl),
+    # as affine_grid's theta in the padded batch's normalised coordinates.
+    tl, tr, bl = (torch.tensor(np.array(corners)[:, k], dtype=torch.float64) for k in range(3))
+    centre = tl + (tr - tl) / 2 + (bl - tl) / 2
+    pixels_to_unit = torch.tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)], dtype=torch.float64)
+    theta = torch.stack([(tr - tl) / 2, (bl - tl) / 2, centre], dim=2) * pixels_to_unit.view(1, 2, 1)
+    theta[:, :, 2] -= 1.0
+    grid = F.affine_grid(theta.float().to(device), [len(sources), 3, size, size], align_corners=True)
     sampled = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    # Samples without 4 neighbours inside the face's own source are black (as dlib).
+    points = (grid.double() + 1) / pixels_to_unit.to(device)
+    limits = torch.tensor([[s.shape[2], s.shape[1]] for s in sources], device=device, dtype=torch.float64)
+    floor = torch.floor(points + 1e-6)
+    inside = ((floor >= 0) & (floor + 1 < limits.view(-1, 1, 1, 2))).all(dim=-1)
     sampled = torch.floor(sampled.clamp(0, 255)) * inside[:, None].float()
     chips[keep] = sampled.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
     return chips
