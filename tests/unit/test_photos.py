@@ -189,3 +189,14 @@ def test_torch_alignment_in_the_pipeline_on_the_cpu(parts, faces_dir):
             assert np.linalg.norm(a.descriptor - b.descriptor) < 0.02
     with pytest.raises(ValueError):
         variant(parts, aligner="opencv")
+
+
+def test_photo_table_prints_every_size(capsys):
+    from bench.model import print_photo_table
+
+    stages = {"decode": 1.0, "detect": 2.0, "landmarks": 0.5, "align": 1.5, "embed": 3.0}
+    row = {"biofleet": stages, "dlib": stages, "biofleet_peak_rss_mib": 700.0, "dlib_peak_rss_mib": 900.0,
+           "dlib_cnn_detect_ms_one_image": 4321.0}  # fmt: skip
+    print_photo_table({"photo_stages_ms_per_image": {"250x250": row, "12 MP": row}})
+    out = capsys.readouterr().out
+    assert "12 MP" in out and "250x250" in out and "4321" in out and "8.0" in out
