@@ -7,8 +7,9 @@ detection runs on the working copies, of the whole batch at once when the detect
 all faces come from one vectorised pass on the working copies. Alignment runs on the pool: where
 the working copy holds fewer pixels across the chip than the chip itself (chip_detail x 150), the
 face's region is decoded again at the scale that has them (never enlarged from the small copy when
-the original has the detail), and the landmarks are taken there again; frames are dropped once the
-chips exist. Then the chips of the whole batch go through the network in one embed call. Boxes and
+the original has the detail), and the landmarks are taken there again; a face wider than the chip
+is then reduced (bicubic, antialiased) to the chip's scale; frames are dropped once the chips
+exist. Then the chips of the whole batch go through the network in one embed call. Boxes and
 landmarks are reported in the original (upright) image's pixels. An image that fails gets an
 error code; it never fails the others.
 
@@ -83,6 +84,35 @@ def _original_box(box: Box, work: Working) -> Box:
         math.ceil((box.right + 1) * work.scale_x) - 1, math.ceil((box.bottom + 1) * work.scale_y) - 1,
         work.width, work.height,
     )  # fmt: skip
+
+
+def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.ndarray]:
+    """The face's area resized (bicubic, antialiased) so that the chip's rectangle spans
+    CHIP_SIZE pixels, when it spans more, with the landmarks in its pixels: a photo's face is
+    sampled as a proper reduction rather than dlib's pyramid (closer to the crop's descriptor)."""
+    rect, angle = chip_rect(landmarks, CHIP_SIZE, 0.25)
+    side = rect.r - rect.l + 1
+    if side <= CHIP_SIZE:
+        return source, landmarks
+    from PIL import Image
+
+    corners = rect.rotated_corners(angle)
+    h, w = source.pixels.shape[:2]
+    margin = 0.05 * side + 4
+    left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
+    right, bottom = min(w, math.ceil(corners[:, 0].max() + margin) + 1), min(h, math.ceil(corners[:, 1].max() + margin) + 1)
+    if left >= right or top >= bottom:
+        return source, landmarks
+    factor = CHIP_SIZE / side
+    size = (max(2, round((right - left) * factor)), max(2, round((bottom - top) * factor)))
+    part = Image.fromarray(np.ascontiguousarray(source.pixels[top:bottom, left:right]))
+    pixels = np.asarray(part.resize(size, Image.Resampling.BICUBIC))
+    fx, fy = (right - left) / size[0], (bottom - top) / size[1]  # source pixels per new pixel
+    # New pixel centre j sits at source pixel left + (j + 0.5) * fx - 0.5.
+    points = np.stack([(landmarks[:, 0] - left + 0.5) / fx - 0.5, (landmarks[:, 1] - top + 0.5) / fy - 0.5], axis=1)
+    shrunk = Region(pixels, source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
+                    source.top + (top + 0.5 * fy - 0.5) * source.scale_y, source.scale_x * fx, source.scale_y * fy)  # fmt: skip
+    return shrunk, points
 
 
 def _scale_box(box: Box, work: Working, region: Region) -> Box:
@@ -227,6 +257,8 @@ class FacePipeline:
             face = _scale_box(box, work, source)
             landmarks = self.landmarker.landmarks(source.pixels, face)
         face = _Face(chip=None, box=_original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
+        if work.reduced:
+            source, landmarks = _shrink_to_chip(source, landmarks)
         if self.aligner == "numpy":
             face.chip = face_chip(source.pixels, landmarks)
         else:
