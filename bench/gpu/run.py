@@ -85,6 +85,12 @@ def _command(args: list[str]) -> str | None:
         return f"not run: {error!r}"
 
 
+def _commit() -> str | None:
+    """This checkout's commit, when git and .git are there (the bundle's manifest has its own)."""
+    found = _command(["git", "rev-parse", "HEAD"]) or ""
+    return found if re.fullmatch(r"[0-9a-f]{40}", found) else None
+
+
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
@@ -113,7 +119,7 @@ def setup(device: torch.device, args: argparse.Namespace) -> dict:
             "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
         },
-        "commit": _command(["git", "rev-parse", "HEAD"]),
+        "commit": _commit(),
         "nvidia_smi": _command(["nvidia-smi"]) if device.type == "cuda" else None,
         "bundle": None,
         "models_dir": str(args.models_dir),
@@ -166,7 +172,9 @@ def run_stage(name: str, fn, ctx: stages.Context, share: float, least_s: float, 
     print(f"== {name} (until +{ctx.deadline - started:.0f} s)", file=sys.stderr, flush=True)
     try:
         entry["figures"] = fn(ctx)
-        entry["status"] = "ok"
+        failed = stages.failed_parts(entry["figures"])
+        entry["status"] = "failed" if failed else "ok"
+        entry["error"] = f"parts failed: {', '.join(failed)}" if failed else None
     except Exception as error:
         entry["status"] = "failed"
         entry["error"] = f"{type(error).__name__}: {error}"
@@ -205,6 +213,11 @@ def main(argv=None) -> int:
         report.add(entry)
         print(f"   {name}: {entry['status']} in {entry['elapsed_s']} s {entry['error'] or entry['why'] or ''}",
               file=sys.stderr, flush=True)
+    report.data["flags_after"] = {
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
     report.data["finished"] = True
     report.data["wall_s"] = round(time.monotonic() - started, 1)
     report.write()

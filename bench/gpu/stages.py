@@ -75,6 +75,27 @@ def release(ctx: Context) -> None:
         torch.cuda.empty_cache()
 
 
+def part(figures: dict, key: str, fn) -> None:
+    """figures[key] = fn(), or what it failed with: a part that fails (a CUDA out-of-memory error
+    at the largest batch, say) keeps the stage's other figures."""
+    try:
+        figures[key] = fn()
+    except Exception as error:
+        figures[key] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def failed_parts(figures, at: str = "") -> list[str]:
+    """The keys (dotted) of the parts that failed, anywhere in a stage's figures."""
+    if not isinstance(figures, dict):
+        return []
+    if figures.get("status") == "failed":
+        return [at]
+    return [found for k, v in figures.items() for found in failed_parts(v, f"{at}.{k}" if at else str(k))]
+
+
 def timed(ctx: Context, fn, repeats: int | None = None, warmup: int = 2) -> dict:
     """fn() run `warmup` times, then timed `repeats` times: ms median, p10, p90 and peak GPU MiB."""
     for _ in range(warmup):
@@ -139,21 +160,23 @@ def network(ctx: Context) -> dict:
         with torch.inference_mode(), autocast:
             return base.model(pixels)
 
+    def rate(t: dict) -> dict:
+        return t | {"faces_per_s": round(1000 * batch / t["ms_median"], 1)}
+
     for batch in batches:
         if ctx.left() < 0:
             figures["skipped_batches"].append(batch)
             continue
         pixels = pixels_all[:batch]
         for precision in precisions:
-            t = timed(ctx, lambda: forward(pixels, precision))
-            figures["model"][precision][str(batch)] = t | {"faces_per_s": round(1000 * batch / t["ms_median"], 1)}
+            part(figures["model"][precision], str(batch), lambda: rate(timed(ctx, lambda: forward(pixels, precision))))
         for precision in embed_precisions:
             embedder = ctx.embedder(precision)
-            t = timed(ctx, lambda: embedder.embed(chips[:batch]))
-            figures["embed"][precision][str(batch)] = t | {"faces_per_s": round(1000 * batch / t["ms_median"], 1)}
+            part(figures["embed"][precision], str(batch), lambda: rate(timed(ctx, lambda: embedder.embed(chips[:batch]))))
     figures["best"] = {
         path: {p: max(({"batch": int(b), "faces_per_s": f["faces_per_s"]} for b, f in by.items()),
-                      key=lambda x: x["faces_per_s"], default=None) for p, by in figures[path].items()}
+                      key=lambda x: x["faces_per_s"], default=None)
+            for p, by in ((p, {b: f for b, f in by.items() if "faces_per_s" in f}) for p, by in figures[path].items())}
         for path in ("model", "embed")
     }
     return figures
@@ -279,30 +302,30 @@ def detector(ctx: Context) -> dict:
             figures["skipped_batches"].append(batch)
             continue
         images = [lfw[i % len(lfw)] for i in range(batch)]
-        figures["batches"][str(batch)] = counted(images)
-        figures["batches"][str(batch)]["faces_per_image"] = sum(map(len, model.detect_many(images))) / batch
+        part(figures["batches"], str(batch), lambda: counted(images) | {
+            "faces_per_image": sum(map(len, model.detect_many(images))) / len(images)})
     sample = lfw[:16]
     batched = model.detect_many(sample)
-    figures["batched_vs_one_at_a_time"] = _compare_boxes(batched, [model.detect(image) for image in sample])
+    part(figures, "batched_vs_one_at_a_time", lambda: _compare_boxes(batched, [model.detect(i) for i in sample]))
     if ctx.cuda:
-        on_cpu = MmodDetector.load(device="cpu", path=ctx.model(MMOD_DETECTOR))
-        figures["device_vs_cpu"] = _compare_boxes(batched, on_cpu.detect_many(sample))
+        on_cpu = lambda: MmodDetector.load(device="cpu", path=ctx.model(MMOD_DETECTOR))  # noqa: E731
+        part(figures, "device_vs_cpu", lambda: _compare_boxes(batched, on_cpu().detect_many(sample)))
     else:
         figures["device_vs_cpu"] = "the device is the CPU"
     phones = ctx.photos("phone")
     hd = [p for p in phones if "1920x1080" in p.name][:1]
     large = [p for p in phones if "4032x3024" in p.name][:1]
     mixed = lfw[:6] + _decoded(hd) + [np.asarray(Image.fromarray(lfw[6]).resize((500, 500)))]
-    figures["mixed_batch"] = counted(mixed, repeats=min(ctx.repeats, 3), warmup=0) | {
+    part(figures, "mixed_batch", lambda: counted(mixed, repeats=min(ctx.repeats, 3), warmup=0) | {
         "sizes": sorted({f"{m.shape[1]}x{m.shape[0]}" for m in mixed}),
-        "faces_found": sum(map(len, model.detect_many(mixed)))}
+        "faces_found": sum(map(len, model.detect_many(mixed)))})
     for label, paths in (("1080p", hd), ("12mp", large if not ctx.quick else [])):
         if not paths:
             figures[label] = "not in the quick run" if ctx.quick else "no such photo in the bundle"
             continue
         image = _decoded(paths)
-        figures[label] = counted(image, repeats=min(ctx.repeats, 3), warmup=0) | {
-            "faces_found": len(model.detect_many(image)[0])}
+        part(figures, label, lambda: counted(image, repeats=min(ctx.repeats, 3), warmup=0) | {
+            "faces_found": len(model.detect_many(image)[0])})
     return figures
 
 
@@ -316,15 +339,43 @@ def _gpu_decode(ctx: Context, data: list[bytes]) -> dict:
     except Exception as error:
         return {"status": "not run", "why": f"torchvision not usable: {type(error).__name__}: {error}"}
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
-    t = timed(ctx, lambda: decode_jpeg(tensors, device=ctx.device))
+    try:
+        t = timed(ctx, lambda: decode_jpeg(tensors, device=ctx.device))
+    except Exception as error:  # an optional extra: said, but the pipeline's figures stand
+        return {"status": "not usable", "why": f"{type(error).__name__}: {error}"}
     return {"status": "ok", "images": len(data)} | t | {"images_per_s": round(1000 * len(data) / t["ms_median"], 1)}
+
+
+def _stage_times(ctx: Context, faces, pool, data: list[bytes]) -> dict:
+    """ms per image of each pipeline stage, timed alone (one run) as FacePipeline runs it."""
+    from worker.face.align import face_chip
+    from worker.face.decode import decode_image
+
+    seconds = {}
+    start = time.perf_counter()
+    decoded = list(pool.map(lambda d: decode_image(d, MAX_PIXELS), data))
+    seconds["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    boxes = faces.detector.detect_many(decoded)
+    ctx.sync()
+    seconds["detect"] = time.perf_counter() - start
+    found = [(image, max(b, key=lambda x: x.area)) for image, b in zip(decoded, boxes) if b]
+    start = time.perf_counter()
+    points = faces.landmarker.landmarks_many([f[0] for f in found], [f[1] for f in found])
+    seconds["landmarks"] = time.perf_counter() - start
+    start = time.perf_counter()
+    chips = list(pool.map(face_chip, [f[0] for f in found], list(points)))
+    seconds["align"] = time.perf_counter() - start
+    start = time.perf_counter()
+    faces.embedder.embed(np.stack(chips))
+    ctx.sync()
+    seconds["embed"] = time.perf_counter() - start
+    return {k: round(1000 * v / len(data), 3) for k, v in seconds.items()}
 
 
 def pipeline(ctx: Context) -> dict:
     """FacePipeline (decode, CNN detection, landmarks, align, embed) on JPEG bytes: images/s end
     to end per batch size, and ms per image of each stage timed alone on the same batch."""
-    from worker.face.align import face_chip
-    from worker.face.decode import decode_image
     from worker.face.detect import CnnDetector
     from worker.face.landmarks import Landmarker
     from worker.face.pipeline import FacePipeline
@@ -332,7 +383,6 @@ def pipeline(ctx: Context) -> dict:
     threads = ctx.args.threads
     detector = CnnDetector(device=str(ctx.device), path=ctx.model(MMOD_DETECTOR))
     landmarker = Landmarker(path=ctx.model(SHAPE_PREDICTOR_5))
-    embedder = ctx.embedder()
     lfw = [p.read_bytes() for p in ctx.photos("lfw_colour")]
     if ctx.quick:
         batches = [16]
@@ -340,54 +390,37 @@ def pipeline(ctx: Context) -> dict:
         batches = [32, 64, 128] if ctx.cuda else [32, 64]
     figures = {"inputs": f"{len(lfw)} lfw_colour JPEGs, repeated", "threads": threads, "batches": {},
                "skipped_batches": []}
-    with FacePipeline(embedder, detector, landmarker, max_pixels=MAX_PIXELS, threads=threads) as faces, \
+    with FacePipeline(ctx.embedder(), detector, landmarker, max_pixels=MAX_PIXELS, threads=threads) as faces, \
             ThreadPoolExecutor(max_workers=threads) as pool:
+
+        def one_batch(data: list[bytes]) -> dict:
+            results = faces.process(data)
+            t = timed(ctx, lambda: faces.process(data), repeats=min(ctx.repeats, 5), warmup=0)
+            return t | {"images_per_s": round(1000 * len(data) / t["ms_median"], 1), "ok": sum(r.ok for r in results),
+                        "stage_ms_per_image": _stage_times(ctx, faces, pool, data)}
+
+        def phones(data: list[bytes]) -> dict:
+            start = time.perf_counter()
+            results = faces.process(data)
+            ctx.sync()
+            return {"images": len(data), "ok": sum(r.ok for r in results), "bytes": [len(d) for d in data],
+                    "ms_per_image": round(1000 * (time.perf_counter() - start) / len(data), 1)}
+
         for batch in batches:
             if ctx.left() < 0:
                 figures["skipped_batches"].append(batch)
                 continue
-            data = [lfw[i % len(lfw)] for i in range(batch)]
-            results = faces.process(data)
-            t = timed(ctx, lambda: faces.process(data), repeats=min(ctx.repeats, 5), warmup=1)
-            row = t | {"images_per_s": round(1000 * batch / t["ms_median"], 1), "ok": sum(r.ok for r in results)}
-            stage_ms = {}
-            start = time.perf_counter()
-            decoded = list(pool.map(lambda d: decode_image(d, MAX_PIXELS), data))
-            stage_ms["decode"] = time.perf_counter() - start
-            start = time.perf_counter()
-            boxes = detector.detect_many(decoded)
-            ctx.sync()
-            stage_ms["detect"] = time.perf_counter() - start
-            found = [(image, max(b, key=lambda x: x.area)) for image, b in zip(decoded, boxes) if b]
-            start = time.perf_counter()
-            points = landmarker.landmarks_many([f[0] for f in found], [f[1] for f in found])
-            stage_ms["landmarks"] = time.perf_counter() - start
-            start = time.perf_counter()
-            chips = list(pool.map(face_chip, [f[0] for f in found], list(points)))
-            stage_ms["align"] = time.perf_counter() - start
-            start = time.perf_counter()
-            embedder.embed(np.stack(chips))
-            ctx.sync()
-            stage_ms["embed"] = time.perf_counter() - start
-            row["stage_ms_per_image"] = {k: round(1000 * v / batch, 3) for k, v in stage_ms.items()}
-            figures["batches"][str(batch)] = row
-        phones = [p for p in ctx.photos("phone") if not (ctx.quick and "4032x3024" in p.name)]
-        if phones:
-            data = [p.read_bytes() for p in phones]
-            start = time.perf_counter()
-            results = faces.process(data)
-            ctx.sync()
-            figures["phone_photos"] = {"images": len(data), "ok": sum(r.ok for r in results),
-                                       "ms_per_image": round(1000 * (time.perf_counter() - start) / len(data), 1),
-                                       "bytes": [len(d) for d in data]}
-    figures["gpu_jpeg_decode"] = _gpu_decode(ctx, lfw[: max(batches)])
+            part(figures["batches"], str(batch), lambda: one_batch([lfw[i % len(lfw)] for i in range(batch)]))
+        paths = [p for p in ctx.photos("phone") if not (ctx.quick and "4032x3024" in p.name)]
+        part(figures, "phone_photos", lambda: phones([p.read_bytes() for p in paths]))
+    part(figures, "gpu_jpeg_decode", lambda: _gpu_decode(ctx, lfw[: max(batches)]))
     return figures
 
 
 def _headline(stage: dict) -> str:
     """One line of figures per stage for the table."""
     f = stage["figures"]
-    if stage["status"] != "ok":
+    if stage["status"] != "ok" and not f:
         return stage["error"] or stage["why"] or ""
     if stage["name"] == "network":
         return ", ".join(f"{p} {b['faces_per_s']:.0f} faces/s at {b['batch']}" for p, b in f["best"]["embed"].items() if b)
@@ -398,9 +431,10 @@ def _headline(stage: dict) -> str:
                         for k, v in f.items() if k in ("fp16_vs_cpu_fp32", "bf16_vs_cpu_fp32"))
         return f"fp32 vs dlib {f['max_abs_vs_dlib']:.1e}; {low}"
     if stage["name"] == "detector":
-        return ", ".join(f"b{b} {v['images_per_s']:.0f} img/s ({v['forward_passes']} passes)" for b, v in f["batches"].items())
+        return ", ".join(f"b{b} {v['images_per_s']:.0f} img/s ({v['forward_passes']} passes)"
+                         for b, v in f["batches"].items() if "images_per_s" in v)
     if stage["name"] == "pipeline":
-        return ", ".join(f"b{b} {v['images_per_s']:.1f} img/s" for b, v in f["batches"].items())
+        return ", ".join(f"b{b} {v['images_per_s']:.1f} img/s" for b, v in f["batches"].items() if "images_per_s" in v)
     return ""
 
 

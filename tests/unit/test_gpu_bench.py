@@ -75,3 +75,14 @@ def test_spent_budget_skips_stages_and_says_why(tmp_path):
     data = json.loads(out.read_text())
     assert [s["status"] for s in data["stages"]] == ["skipped"] * len(STAGES)
     assert all("budget" in s["why"] for s in data["stages"])
+
+
+def test_a_failed_part_keeps_the_other_figures():
+    from bench.gpu.stages import failed_parts, part
+
+    figures = {"batches": {}}
+    part(figures["batches"], "1", lambda: {"ms_median": 1.0})
+    part(figures["batches"], "2048", lambda: 1 / 0)
+    assert figures["batches"]["1"] == {"ms_median": 1.0}
+    assert figures["batches"]["2048"]["status"] == "failed" and "ZeroDivisionError" in figures["batches"]["2048"]["error"]
+    assert failed_parts(figures) == ["batches.2048"]
