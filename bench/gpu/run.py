@@ -93,9 +93,15 @@ def _commit() -> str | None:
 
 def _version(module: str) -> str | None:
     try:
-        return __import__(module).__version__
+        found = __import__(module)
     except Exception:
         return None
+    try:
+        return found.__version__
+    except AttributeError:
+        from importlib.metadata import version
+
+        return version(module)
 
 
 def setup(device: torch.device, args: argparse.Namespace) -> dict:
