@@ -76,11 +76,11 @@ def test_out_of_memory_on_one_image_fails_that_image(faces_dir, pipeline, monkey
 
 
 def test_cuda_tests_collect_without_pydantic_or_dlib():
-    """As on a GPU host with only torch, numpy, Pillow and pytest: the test modules that hold the
-    CUDA tests import, and their tests skip rather than error."""
+    """As on a GPU host with only torch, numpy, Pillow and pytest (no model package): the modules
+    with the CUDA tests import, and their tests skip rather than error (or run from the bundle)."""
     code = (
         "import sys\n"
-        "for name in ('pydantic', 'pydantic_settings', 'dlib', 'shared.settings'):\n"
+        "for name in ('pydantic', 'pydantic_settings', 'dlib', 'face_recognition_models', 'shared.settings'):\n"
         "    sys.modules[name] = None\n"
         "import pytest\n"
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-k', 'cuda or precision or match_dlib',\n"
