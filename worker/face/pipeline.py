@@ -17,7 +17,7 @@ import numpy as np
 
 from worker.face.align import face_chip
 from worker.face.decode import decode_image
-from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector
+from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, out_of_memory
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
@@ -146,8 +146,9 @@ class FacePipeline:
 
     def _detect(self, decoded: list, flags: list[bool]) -> list:
         """Per image: its boxes, or the exception detection raised (None for images that failed
-        to decode). The detector's detect_many takes all images at once when it has one; should
-        it fail, each image is tried alone so that one bad image fails alone."""
+        to decode). The detector's detect_many takes all images at once when it has one; a CUDA
+        out-of-memory error splits the batch in halves; should it fail otherwise, each image is
+        tried alone so that one bad image fails alone."""
         found: list = [None] * len(decoded)
         batch = []
         for i, (image, flag) in enumerate(zip(decoded, flags)):
@@ -160,7 +161,7 @@ class FacePipeline:
         detect_many = getattr(self.detector, "detect_many", None)
         if detect_many is not None and len(batch) > 1:
             try:
-                for i, boxes in zip(batch, detect_many([decoded[i] for i in batch])):
+                for i, boxes in zip(batch, self._detect_halving(detect_many, decoded, batch)):
                     found[i] = boxes
                 return found
             except Exception:
@@ -175,6 +176,22 @@ class FacePipeline:
         for i, boxes in zip(batch, self._pool.map(one, batch)):
             found[i] = boxes
         return found
+
+    def _detect_halving(self, detect_many, decoded: list, batch: list[int]) -> list:
+        """detect_many on the batch; on CUDA out of memory, on each half in turn (an image that
+        does not fit alone gets the error)."""
+        try:
+            return detect_many([decoded[i] for i in batch])
+        except Exception as error:
+            if not out_of_memory(error):
+                raise
+            log.warning("CUDA out of memory in batched detection; splitting the batch in halves",
+                        extra={"images": len(batch)})
+            if len(batch) == 1:
+                return [error]
+            half = len(batch) // 2
+            return (self._detect_halving(detect_many, decoded, batch[:half])
+                    + self._detect_halving(detect_many, decoded, batch[half:]))
 
     def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
         """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
