@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     db_retry_s: float = 60.0  # how long a batch waits for Postgres before handing its jobs back
     max_job_attempts: int = Field(5, ge=1)  # deliveries of one job before it fails (worker crashes)
     fetch_threads: int = Field(8, ge=1)  # parallel blob reads per batch
+    # Tests only, empty (off) in service: a pool process SIGKILLs itself, as an OOM kill would, on
+    # an image whose bytes contain this marker.
+    crash_marker: str = ""
 
     # Retention and callbacks.
     probe_retention_s: int = 0  # verify/identify images are deleted once their job is final
