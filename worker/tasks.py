@@ -25,8 +25,11 @@ settings = get_settings()
 
 
 class JobBatches(Batches):
-    """celery_batches.Batches with two changes:
+    """celery_batches.Batches with three changes:
 
+    - the flush timer is armed again after a broker reconnect (Celery clears the event loop's
+      timers on a lost connection; celery-batches would keep a dead timer and flush only full
+      batches);
     - dynamic batching: while every pool process is busy, the flush timer leaves the buffer to
       grow (up to flush_every) instead of queueing a small batch behind the running one;
     - a batch whose pool process dies goes back to the broker (task_reject_on_worker_lost)
@@ -37,6 +40,14 @@ class JobBatches(Batches):
     _in_flight_lock = threading.Lock()
     _last_flush = 0.0
     HOLD_LIMIT_S = 5.0  # never hold a partial batch longer, whatever the pool reports
+
+    def Strategy(self, task, app, consumer):
+        """Called on every consumer (re)start, a reconnect included: forget the old timer, so the
+        next message arms a live one."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        return super().Strategy(task, app, consumer)
 
     def _pool_busy(self) -> bool:
         held_s = time.monotonic() - self._last_flush
