@@ -48,7 +48,10 @@ class JobBatches(Batches):
         if self._tref is not None:
             self._tref.cancel()
             self._tref = None
-        return super().Strategy(task, app, consumer)
+        strategy = super().Strategy(task, app, consumer)
+        if self._buffer.qsize() or self._pending.qsize():  # requests held from before the reconnect
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return strategy
 
     def _pool_busy(self) -> bool:
         held_s = time.monotonic() - self._last_flush
