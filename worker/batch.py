@@ -177,10 +177,12 @@ def _run_alone(pair: tuple[Delivery, JobMessage], runtime: Runtime, report: Batc
     if crashes >= runtime.settings.max_crashes_alone:
         verdict = failed(WORKER_CRASH, f"the worker process died {crashes} times while processing this job alone")
         done = _run_unit([pair], runtime, report, verdict=verdict)
-    else:
-        runtime.suspects.start_alone(job_id)
-        done = _run_unit([pair], runtime, report)
-    runtime.suspects.clear(job_id)
+        if done:
+            runtime.suspects.returned(job_id, done)
+        return done
+    runtime.suspects.start_alone(job_id)
+    done = _run_unit([pair], runtime, report)
+    runtime.suspects.returned(job_id, done)
     return done
 
 
@@ -207,7 +209,7 @@ def _run_unit(messages, runtime: Runtime, report: BatchReport, verdict: Outcome 
     try:
         if verdict is not None:
             for item in items:
-                item.outcome = item.outcome or verdict
+                item.outcome = verdict
         else:
             decide(items, runtime, report.batch_id)
         with metrics.stage("commit"):

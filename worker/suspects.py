@@ -2,9 +2,9 @@
 
 The worker's main process marks every job of such a batch (mark); the next batches that hold a
 suspect run it alone, after the others, each alone committed before the next (worker.batch). A
-solo run counts itself before it starts (start_alone) and is forgotten once it returns (clear), so
-crashes() is the number of times the job's process died while it ran alone: past
-settings.max_crashes_alone the job fails with worker_crash, without being run again.
+solo run counts itself before it starts (start_alone) and uncounts itself when it returns
+(returned), so crashes() is the number of times the job's process died while it ran alone: from
+settings.max_crashes_alone on, the job fails with worker_crash, without being run again.
 
 Keys expire after TTL_S. Redis errors are logged, never raised: without the marks, batches run as
 before and settings.max_job_attempts still bounds the redeliveries.
@@ -72,8 +72,13 @@ class Suspects:
         except Exception as exc:
             log.warning("solo run not counted", extra={"job_id": job_id, "error": type(exc).__name__})
 
-    def clear(self, job_id: str) -> None:
+    def returned(self, job_id: str, done: bool) -> None:
+        """A solo run returned: done (the job is final or unknown) forgets the job; else (handed
+        back, Postgres away) it stays a suspect, this run uncounted."""
         try:
-            self.client.delete(SUSPECT_PREFIX + job_id, ALONE_PREFIX + job_id)
+            if done:
+                self.client.delete(SUSPECT_PREFIX + job_id, ALONE_PREFIX + job_id)
+            else:
+                self.client.decr(ALONE_PREFIX + job_id)
         except Exception as exc:
-            log.warning("suspect not cleared", extra={"job_id": job_id, "error": type(exc).__name__})
+            log.warning("suspect not updated", extra={"job_id": job_id, "error": type(exc).__name__})
