@@ -3,7 +3,10 @@
 Runs its own embedded stack (Valkey with AOF, Postgres, a file blob store) in a temporary folder
 with --workers batching workers, submits --jobs jobs through the submit path while killing a worker
 (SIGKILL, main and pool processes) every --kill-worker-every seconds and restarting Redis and
-Postgres once if asked, waits for every accepted job to be final, and prints one line:
+Postgres once if asked, waits for every accepted job to be final, and prints one line.
+--idle-phases stops the load for 30 s after a third of the jobs, restarts Redis inside the pause,
+then submits 20 jobs at 1 job/s before the rest; --heavy-jobs N replaces N jobs with enrollments
+of ten 5000x5000 JPEGs (a real face pasted into smooth noise):
 
     accepted N, succeeded A, failed B (code n, ...), lost L, duplicated D
 
@@ -24,14 +27,18 @@ import click
 @click.option("--rate", default=8.0, show_default=True, help="Jobs submitted per second.")
 @click.option("--drain-timeout", default=600.0, show_default=True, help="Seconds to wait for the last jobs.")
 @click.option("--keep", is_flag=True, help="Keep the temporary folder (worker logs) and print its path.")
-def chaos(job_count, kill_worker_every, restart_redis_once, restart_postgres_once, workers, rate, drain_timeout, keep):
+@click.option("--idle-phases", is_flag=True,
+              help="After a third of the jobs, stop the load for 30 s with a Redis restart inside, then 20 jobs at 1/s, then the rest.")
+@click.option("--heavy-jobs", default=0, show_default=True, help="Enrollments of ten 5000x5000 images mixed in.")
+def chaos(job_count, kill_worker_every, restart_redis_once, restart_postgres_once, workers, rate, drain_timeout, keep,
+          idle_phases, heavy_jobs):  # fmt: skip
     """Run the stack under load and faults; print accepted/succeeded/failed/lost/duplicated."""
     from cli.chaos_run import ChaosOptions, run_chaos
 
     options = ChaosOptions(
         jobs=job_count, kill_every_s=kill_worker_every, restart_redis=restart_redis_once,
         restart_postgres=restart_postgres_once, workers=workers, rate=rate, drain_timeout_s=drain_timeout,
-        keep=keep,
+        keep=keep, idle_phases=idle_phases, heavy_jobs=heavy_jobs,
     )  # fmt: skip
     report = run_chaos(options)
     click.echo(report.line())

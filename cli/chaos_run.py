@@ -50,6 +50,8 @@ class ChaosOptions:
     rate: float = 8.0  # submissions per second
     drain_timeout_s: float = 600.0
     keep: bool = False
+    idle_phases: bool = False  # a 30 s pause with a Redis restart inside, then 1 job/s for a while
+    heavy_jobs: int = 0  # enrollments of ten 5000x5000 images, mixed in
 
 
 @dataclass
@@ -114,6 +116,70 @@ def workload(count: int, faces_dir: Path, seed: int = 7) -> list:
         else:
             requests.append(JobRequest(kind="identify", images=(_png(rng.randrange(256)),), top_k=1))
     return requests
+
+
+HEAVY_SIDE = 5000  # heavy images are HEAVY_SIDE x HEAVY_SIDE
+HEAVY_IMAGES = 10  # per heavy enrollment
+
+
+def heavy_images(faces_dir: Path, count: int = HEAVY_IMAGES, seed: int = 11) -> list[bytes]:
+    """count JPEGs of HEAVY_SIDE x HEAVY_SIDE: smooth noise with a real face (~1200 px) pasted in
+    (a grey square when the faces are absent), each different, the same on every run."""
+    from PIL import Image
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    faces = sorted((faces_dir / "lfw_colour").glob("*/*.jpg")) if (faces_dir / "lfw_colour").is_dir() else []
+    images = []
+    for k in range(count):
+        noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        canvas = Image.fromarray(noise).resize((HEAVY_SIDE, HEAVY_SIDE), Image.Resampling.BICUBIC)
+        face = Image.open(faces[k % len(faces)]).convert("RGB") if faces else Image.new("RGB", (250, 250), (128, 128, 128))
+        side = int(rng.integers(1000, 1400))
+        canvas.paste(face.resize((side, side), Image.Resampling.BICUBIC),
+                     (int(rng.integers(0, HEAVY_SIDE - side)), int(rng.integers(0, HEAVY_SIDE - side))))  # fmt: skip
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="JPEG", quality=80)
+        images.append(buffer.getvalue())
+    return images
+
+
+def with_heavy_jobs(requests: list, count: int, faces_dir: Path) -> list:
+    """requests with count of them, evenly spread after the first third, replaced by heavy
+    enrollments (the same HEAVY_IMAGES images each, their own subject)."""
+    from shared.jobs import JobRequest
+
+    if count <= 0 or not requests:
+        return requests
+    images = tuple(heavy_images(faces_dir))
+    requests = list(requests)
+    first = len(requests) // 3
+    for k in range(count):
+        at = first + (len(requests) - first) * k // count
+        requests[at] = JobRequest(kind="enroll", images=images, subject_id=f"chaos-heavy-{k}")
+    return requests
+
+
+IDLE_S = 30.0  # the pause
+SLOW_JOBS = 20  # submitted at 1 job/s after the pause
+
+
+def submission_times(count: int, rate: float, idle_phases: bool) -> tuple[list[float], float | None]:
+    """Seconds from the start at which each job is submitted, and the start of the pause (None
+    without --idle-phases): a third of the jobs at `rate`, a pause of IDLE_S, SLOW_JOBS at 1 job/s,
+    then the rest at `rate`."""
+    if not idle_phases:
+        return [i / rate for i in range(count)], None
+    first = count // 3
+    slow = min(SLOW_JOBS, count - first)
+    times = [i / rate for i in range(first)]
+    pause_at = first / rate
+    resume = pause_at + IDLE_S
+    times += [resume + i for i in range(slow)]
+    after = resume + slow
+    times += [after + i / rate for i in range(count - first - slow)]
+    return times, pause_at
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -217,9 +283,10 @@ def _clear_caches() -> None:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def submit_all(stack: Stack, requests: list, rate: float, stop: threading.Event, progress) -> list[str]:
-    """Submit every request at `rate` per second, retrying one that is refused (Redis or Postgres
-    away) with the same Idempotency-Key until it is accepted. Returns the accepted job ids."""
+def submit_all(stack: Stack, requests: list, times: list[float], stop: threading.Event, progress) -> list[str]:
+    """Submit each request at its time (seconds from the start), retrying one that is refused
+    (Redis or Postgres away) with the same Idempotency-Key until it is accepted. Returns the
+    accepted job ids."""
     from shared.blob import open_blob_store
     from shared.celery_app import get_celery
     from shared.db.session import session_scope
@@ -234,7 +301,7 @@ def submit_all(stack: Stack, requests: list, rate: float, stop: threading.Event,
     accepted = []
     start = time.monotonic()
     for index, request in enumerate(requests):
-        time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        time.sleep(max(0.0, start + times[index] - time.monotonic()))
         while not stop.is_set():
             try:
                 submitted = submit_job(tenant_id, request, blobs, get_celery(), stack.database_url, settings,
@@ -313,13 +380,15 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
     try:
         console.print(f"starting the stack and {options.workers} workers in {root}")
         stack.start()
-        requests = workload(options.jobs, get_settings().faces_dir)
-        load_s = options.jobs / options.rate
+        faces_dir = get_settings().faces_dir
+        requests = with_heavy_jobs(workload(options.jobs, faces_dir), options.heavy_jobs, faces_dir)
+        times, pause_at = submission_times(len(requests), options.rate, options.idle_phases)
+        load_s = times[-1] if times else 0.0
         accepted: list[str] = []
         state = {"submitted": 0}
 
         def load() -> None:
-            accepted.extend(submit_all(stack, requests, options.rate, stop, lambda n: state.update(submitted=n)))
+            accepted.extend(submit_all(stack, requests, times, stop, lambda n: state.update(submitted=n)))
 
         submitter = threading.Thread(target=load, name="submit", daemon=True)
         submitter.start()
@@ -327,10 +396,15 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         plan = []  # (at seconds, action name)
         if options.kill_every_s > 0:
             plan += [(t, "kill") for t in _steps(options.kill_every_s, load_s)]
-        if options.restart_redis:
+        if options.restart_redis and pause_at is None:
             plan.append((load_s / 3, "redis"))
+        elif options.restart_redis:  # under load: in the last phase, after the pause and the slow jobs
+            busy_again = times[min(len(times) - 1, len(times) // 3 + SLOW_JOBS)]
+            plan.append(((busy_again + load_s) / 2, "redis"))
         if options.restart_postgres:
             plan.append((2 * load_s / 3, "postgres"))
+        if pause_at is not None:
+            plan.append((pause_at + IDLE_S / 2, "redis"))  # inside the pause: no job in flight
         for at, action in sorted(plan):
             while time.monotonic() - started < at and submitter.is_alive():
                 time.sleep(0.1)

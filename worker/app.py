@@ -92,7 +92,9 @@ def load_runtime(settings: Settings) -> Runtime:
         multiple_faces=settings.multiple_faces,
         threads=settings.decode_threads,
         cache_dir=settings.model_cache_dir,
+        working_pixels=settings.working_max_pixels,
     )
+    from worker.suspects import Suspects
     from worker.variants import MultiEmbedder, VersionBook
 
     pipeline.embedder = TimedEmbedder(MultiEmbedder(pipeline.embedder))  # every version of this network
@@ -113,6 +115,7 @@ def load_runtime(settings: Settings) -> Runtime:
         republish=tasks.republish,
         enqueue_callback=tasks.enqueue_callback,
         versions=VersionBook(ARCHITECTURE, sha, settings.model_version, settings.match_threshold),
+        suspects=Suspects(urls.redis_url),
     )
 
 

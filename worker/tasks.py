@@ -25,18 +25,33 @@ settings = get_settings()
 
 
 class JobBatches(Batches):
-    """celery_batches.Batches with two changes:
+    """celery_batches.Batches with three changes:
 
+    - the flush timer is armed again after a broker reconnect (Celery clears the event loop's
+      timers on a lost connection; celery-batches would keep a dead timer and flush only full
+      batches);
     - dynamic batching: while every pool process is busy, the flush timer leaves the buffer to
       grow (up to flush_every) instead of queueing a small batch behind the running one;
     - a batch whose pool process dies goes back to the broker (task_reject_on_worker_lost)
-      instead of staying unacked until the visibility timeout.
+      instead of staying unacked until the visibility timeout, its jobs marked as suspects
+      (worker.suspects), so that they run alone next time.
     """
 
     _in_flight = 0
     _in_flight_lock = threading.Lock()
     _last_flush = 0.0
     HOLD_LIMIT_S = 5.0  # never hold a partial batch longer, whatever the pool reports
+
+    def Strategy(self, task, app, consumer):
+        """Called on every consumer (re)start, a reconnect included: forget the old timer, so the
+        next message arms a live one."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        strategy = super().Strategy(task, app, consumer)
+        if self._buffer.qsize() or self._pending.qsize():  # requests held from before the reconnect
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return strategy
 
     def _pool_busy(self) -> bool:
         held_s = time.monotonic() - self._last_flush
@@ -46,6 +61,15 @@ class JobBatches(Batches):
         if self._pool_busy() and self._buffer.qsize() < self.flush_every:
             return  # flushed when the buffer is full or, on a later tick, once a process is free
         super()._do_flush()
+
+    _suspects_store = None
+
+    def _suspects(self):
+        if JobBatches._suspects_store is None:
+            from worker.suspects import Suspects
+
+            JobBatches._suspects_store = Suspects(self.app.conf.broker_url)
+        return JobBatches._suspects_store
 
     def _batch_done(self):
         with self._in_flight_lock:
@@ -73,7 +97,11 @@ class JobBatches(Batches):
             exc = getattr(exc_info, "exception", None)
             lost = isinstance(getattr(exc, "exc", exc), WorkerLostError)  # billiard wraps it
             requeue = lost and bool(self.app.conf.task_reject_on_worker_lost)
-            log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
+            if lost:
+                self._suspects().mark(job_ids(late))
+                log.error("batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue})
+            else:
+                log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
             for request in late:
                 if requeue:
                     request.reject(requeue=True)
@@ -88,6 +116,16 @@ class JobBatches(Batches):
             callback=on_return,
             error_callback=on_error,
         )
+
+
+def job_ids(requests) -> list[str]:
+    """The job ids named by these requests' kwargs (messages that name none are left out)."""
+    ids = []
+    for request in requests:
+        kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+        if isinstance(kwargs.get("job_id"), str):
+            ids.append(kwargs["job_id"])
+    return ids
 
 
 @app.task(

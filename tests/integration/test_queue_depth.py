@@ -115,7 +115,10 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
     redis_client.delete(*JOB_QUEUES, "unacked", "unacked_index")  # no worker runs: leftovers only
     key = make_key(f"depth-{uuid.uuid4().hex[:8]}")
     image = blank_png()
-    worker = start_worker(batch_size=BATCH, flush_interval_ms=HOLD_MS, prefetch_batches=2, worker_concurrency=1)
+    # No sweeper: the queues were just emptied, so queued jobs of earlier tests (a retention test
+    # leaves one, 400 days old) would be published again into these exact counts and batches.
+    worker = start_worker(batch_size=BATCH, flush_interval_ms=HOLD_MS, prefetch_batches=2, worker_concurrency=1,
+                          sweep_interval_s=0, retention_interval_s=0)  # fmt: skip
     prefetch = 2 * BATCH  # celeryconfig.prefetch_multiplier(5, 2, 1): unacked messages one worker holds at most
     paused = []
     try:

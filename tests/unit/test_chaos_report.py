@@ -14,3 +14,41 @@ def test_the_line_has_the_promised_shape():
 def test_kills_are_spread_over_the_load():
     assert _steps(10, 35) == [10, 20, 30]
     assert _steps(10, 5) == []
+
+
+def test_idle_phases_pause_then_trickle_then_resume():
+    from cli.chaos_run import IDLE_S, SLOW_JOBS, submission_times
+
+    times, pause_at = submission_times(90, 10.0, idle_phases=False)
+    assert pause_at is None and times[:3] == [0.0, 0.1, 0.2] and len(times) == 90
+    times, pause_at = submission_times(90, 10.0, idle_phases=True)
+    assert len(times) == 90 and times == sorted(times)
+    assert pause_at == 3.0 and times[29] < pause_at and times[30] == pause_at + IDLE_S
+    slow = times[30 : 30 + SLOW_JOBS]
+    assert [b - a for a, b in zip(slow, slow[1:])] == [1.0] * (SLOW_JOBS - 1)
+    assert times[-1] - times[30 + SLOW_JOBS] < 4.0  # the rest at the full rate again
+
+
+def test_heavy_jobs_replace_jobs_after_the_first_third(tmp_path, monkeypatch):
+    from cli import chaos_run
+    from shared.jobs import JobRequest
+
+    requests = [JobRequest(kind="verify", images=(b"x",), subject_id="s") for _ in range(30)]
+    monkeypatch.setattr(chaos_run, "heavy_images", lambda faces_dir: [b"heavy"] * chaos_run.HEAVY_IMAGES)
+    mixed = chaos_run.with_heavy_jobs(requests, 3, tmp_path)
+    heavy = [i for i, r in enumerate(mixed) if r.kind == "enroll"]
+    assert heavy == [10, 16, 23] and len(mixed) == 30
+    assert all(len(mixed[i].images) == 10 for i in heavy)
+    assert len({mixed[i].subject_id for i in heavy}) == 3
+
+
+def test_heavy_images_are_5000_pixels_square_and_the_same_each_run(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from cli.chaos_run import heavy_images
+
+    first = heavy_images(tmp_path, count=2)  # no faces there: grey squares
+    assert first == heavy_images(tmp_path, count=2) and first[0] != first[1]
+    assert Image.open(io.BytesIO(first[0])).size == (5000, 5000)

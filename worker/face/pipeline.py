@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from worker.face.align import face_chip
-from worker.face.decode import decode_image
+from worker.face.decode import decode_working, image_pixels
 from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, out_of_memory
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
@@ -56,6 +56,8 @@ class FacePipeline:
     """Images to descriptors with a given embedder, detector and landmarker.
 
     max_pixels: larger images fail with image_too_large before they are decoded.
+    working_pixels: larger images are decoded shrunk to this many pixels, and detected and aligned
+    there (None: full size); boxes and landmarks are returned in the full image's coordinates.
     multiple_faces: "largest" keeps the largest box; "reject" fails the image with multiple_faces.
     threads: size of the pool that decodes, detects and aligns. Call close() (or use `with`) to
     stop the pool.
@@ -70,6 +72,7 @@ class FacePipeline:
         max_pixels: int,
         multiple_faces: str = "largest",
         threads: int = 2,
+        working_pixels: int | None = None,
     ):
         if multiple_faces not in POLICIES:
             raise ValueError(f"multiple_faces must be one of {POLICIES}, not {multiple_faces!r}")
@@ -77,6 +80,7 @@ class FacePipeline:
         self.detector = detector
         self.landmarker = landmarker
         self.max_pixels = max_pixels
+        self.working_pixels = working_pixels
         self.multiple_faces = multiple_faces
         self.cropped_detector = CroppedDetector()
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="face")
@@ -89,7 +93,10 @@ class FacePipeline:
         if len(flags) != len(images):
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
         names = [self.cropped_detector.name if flag else self.detector.name for flag in flags]
-        decoded = list(self._pool.map(self._decode, images))
+        decoded_at = list(self._pool.map(self._decode, images))
+        decoded = [d[0] if isinstance(d, tuple) else d for d in decoded_at]
+        scales = [d[1] if isinstance(d, tuple) else 1.0 for d in decoded_at]
+        del decoded_at
         found = self._detect(decoded, flags)
 
         # Per image: its face box or its FaceResult with the error; then all landmarks at once.
@@ -113,19 +120,26 @@ class FacePipeline:
 
         for i, face in zip(waiting, self._pool.map(align, waiting, points)):
             stage[i] = face
+        decoded.clear()  # free the frames before the network runs
 
         faces = [p for p in stage if isinstance(p, _Face)]
         if faces:
             descriptors = np.asarray(self.embedder.embed(np.stack([f.chip for f in faces])), dtype=np.float32)
         found_at = iter(range(len(faces)))
         results = []
-        for p in stage:
+        for p, scale in zip(stage, scales):
             if isinstance(p, _Face):
                 descriptor = descriptors[next(found_at)]
-                results.append(FaceResult(descriptor=descriptor, box=p.box, landmarks=p.landmarks, detector=p.detector))
+                box, landmarks = _full_size(p.box, p.landmarks, scale)
+                results.append(FaceResult(descriptor=descriptor, box=box, landmarks=landmarks, detector=p.detector))
             else:
                 results.append(p)
         return results
+
+    def decoded_pixels(self, data: bytes) -> int:
+        """The pixels this pipeline holds decoded for these image bytes, read from the header."""
+        pixels = image_pixels(data)
+        return min(pixels, self.working_pixels) if self.working_pixels else pixels
 
     def _pick(self, image: np.ndarray | Exception, boxes: list[Box] | Exception) -> Box:
         """The face box to use, by the multiple-faces policy; raises what the image failed with."""
@@ -138,9 +152,9 @@ class FacePipeline:
             raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
         return max(boxes, key=lambda b: b.area)  # ties keep the better-scored box
 
-    def _decode(self, data: bytes) -> np.ndarray | Exception:
+    def _decode(self, data: bytes) -> tuple[np.ndarray, float] | Exception:
         try:
-            return decode_image(data, self.max_pixels)
+            return decode_working(data, self.max_pixels, self.working_pixels)
         except Exception as error:
             return error
 
@@ -221,6 +235,14 @@ class FacePipeline:
         self.close()
 
 
+def _full_size(box: Box, landmarks: np.ndarray, scale: float) -> tuple[Box, np.ndarray]:
+    """A box and landmarks found in an image shrunk by scale, in the full image's coordinates."""
+    if scale == 1.0:
+        return box, landmarks
+    corners = [round(v * scale) for v in (box.left, box.top, box.right, box.bottom)]
+    return Box(*corners), np.asarray(landmarks, dtype=np.float64) * scale
+
+
 def load_pipeline(
     *,
     device: str = "auto",
@@ -231,6 +253,7 @@ def load_pipeline(
     multiple_faces: str = "largest",
     threads: int = 2,
     cache_dir: Path | None = None,
+    working_pixels: int | None = None,
 ) -> FacePipeline:
     """The pipeline with the real network (worker.face.embed.Embedder on device), a detector
     ("hog": dlib's HOG detector with `upsample`; "cnn": the ported CNN detector on the same device,
@@ -252,4 +275,5 @@ def load_pipeline(
         max_pixels=max_pixels,
         multiple_faces=multiple_faces,
         threads=threads,
+        working_pixels=working_pixels,
     )
