@@ -125,5 +125,5 @@ def test_celery_config_is_json_only_and_late_ack(celeryconfig):
     assert celeryconfig.accept_content == ["json"] and celeryconfig.task_serializer == "json"
     assert celeryconfig.task_acks_late and celeryconfig.task_reject_on_worker_lost
     assert {q.name: q.routing_key for q in celeryconfig.task_queues} == {
-        name: name for name in ("verify", "enroll", "identify", "reenroll", "callbacks")
+        name: name for name in ("verify", "enroll", "identify", "reenroll")
     }
