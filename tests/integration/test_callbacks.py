@@ -4,6 +4,7 @@ slow receiver slowing only its own tenant."""
 
 import base64
 import io
+import select
 import socket
 import threading
 import time
@@ -136,6 +137,8 @@ class Trickler:
                 conn, _ = self.listener.accept()
             except TimeoutError:
                 continue
+            except OSError:
+                return  # closed
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -145,8 +148,13 @@ class Trickler:
         try:
             conn.recv(65536)
             for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100 + b"\r\n\r\n":
-                if self.stop.wait(self.every_s):
-                    return
+                until = time.monotonic() + self.every_s
+                while (left := until - time.monotonic()) > 0:  # wait, noticing the client hang up
+                    readable, _, _ = select.select([conn], [], [], left)
+                    if self.stop.is_set():
+                        return
+                    if readable and not conn.recv(65536):
+                        raise ConnectionResetError("the client closed the connection")
                 conn.sendall(bytes([byte]))
             self.finished += 1
         except OSError:
