@@ -441,6 +441,7 @@ def create_key(tenant: str) -> None:
     with session_scope(_database_url()) as session:
         key = create_api_key(session, tenant)
     click.echo(key)
+    click.echo(f"callbacks are signed with the tenant's secret: biofleet webhooks secret --tenant {tenant}", err=True)
 
 
 @keys.command("revoke")
