@@ -140,10 +140,14 @@ class Dispatcher:
             log.warning("outbox update failed", extra={"error": type(exc).__name__})
 
     def _attempt_and_release(self, row) -> str:
+        extra = {"job_id": str(row.job_id), "delivery_id": row.id}
         try:
             return self.attempt(row)
-        except Exception:
-            log.exception("callback attempt failed", extra={"job_id": str(row.job_id), "delivery_id": row.id})
+        except Exception as exc:  # the row stays pending; its lease brings it back
+            if is_transient(exc):
+                log.warning("database unavailable, callback waits", extra={**extra, "error": type(exc).__name__})
+            else:
+                log.exception("callback attempt failed", extra=extra)
             return "pending"
         finally:
             self.slots.release(row.tenant_id, row.id)
