@@ -381,14 +381,13 @@ def test_a_slow_receiver_slows_only_its_own_tenant(services, make_key, loopback_
         start_worker(batch_size=8)
         start_dispatcher(callback_allowed_networks=LOOPBACK, callback_deadline_s=20, callback_tenant_concurrency=2,
                          callback_max_attempts=1)  # fmt: skip
-        slow_jobs = [submit_verify(loopback_api, slow_key, "s", trickler.url, shade=10 + i) for i in range(3)]
+        slow_jobs = [submit_verify(loopback_api, slow_key, "s", trickler.url, shade=10 + i) for i in range(4)]
         wait_until(lambda: trickler.open >= 2, "the slow receiver holding deliveries")
         fast_jobs = [submit_verify(loopback_api, fast_key, "f", fast.url, shade=100 + i) for i in range(5)]
         wait_until(lambda: set(fast.jobs()) == set(fast_jobs), "the fast tenant's callbacks")
 
         assert fast.forged == 0 and len(fast.by_id) == 5
         assert held_while_fast and min(held_while_fast) >= 1, held_while_fast  # the slow ones still held
-        assert all(row.status == "pending" for row in outbox_rows(services, slow_jobs))
 
         wait_until(lambda: all(r.status == "failed" for r in outbox_rows(services, slow_jobs)), "the slow rows given up")
         rows = outbox_rows(services, slow_jobs)
