@@ -186,3 +186,41 @@ def test_a_receiver_answering_an_error_fails_the_attempt(receiver):
     refused.close()  # nothing listens there
     with pytest.raises(CallbackFailed):
         deliver_checked(f"http://127.0.0.1:{port}/hook", b"{}")
+
+
+def test_tls_names_the_original_host_while_connecting_to_the_checked_address(monkeypatch):
+    """https through a rebinding name: the TCP connection goes to the checked address, and the
+    TLS ClientHello carries the URL's host as server name (SNI), so certificates are checked
+    against it."""
+    rebinding_resolver(monkeypatch, ["127.0.0.1", "169.254.169.254"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(BOUND_S)
+    hello = {}
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            hello["bytes"] = conn.recv(65536)  # the ClientHello; then hang up
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    with pytest.raises(CallbackFailed):
+        deliver_checked(f"https://rebind.test:{listener.getsockname()[1]}/hook", b"{}")
+    assert hello["bytes"][:1] == b"\x16"  # a TLS handshake record
+    assert b"rebind.test" in hello["bytes"]
+
+
+def test_tenant_slots_cap_deliveries_per_tenant_without_redis():
+    import uuid
+
+    from worker.dispatcher import TenantSlots
+
+    slots = TenantSlots(None, cap=2, ttl_s=10)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    assert slots.acquire(a, "1") and slots.acquire(a, "2")
+    assert not slots.acquire(a, "3")
+    assert slots.acquire(b, "4")  # another tenant is not held up
+    slots.release(a, "1")
+    assert slots.acquire(a, "3")
