@@ -363,6 +363,32 @@ def test_the_dispatcher_checks_the_url_again_and_gives_up_on_a_refused_one(servi
     assert row.status == "failed" and row.last_error.startswith("refused")
 
 
+def test_a_row_claimed_by_a_dispatcher_that_died_comes_back_after_its_lease(services, make_key):
+    from sqlalchemy import update
+
+    from shared import outbox
+    from shared.db.models import CallbackDelivery, Job
+    from shared.db.session import session_scope
+
+    tenant_id, _ = tenant_of(services, make_key(f"lease-{uuid.uuid4().hex[:8]}"))
+    job_id, _ = queued_verify(services, tenant_id, "http://127.0.0.1:9/hook")
+    with session_scope(services.database_url) as session:
+        session.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(status="failed", error_code="no_face"))
+        outbox.add(session, [uuid.UUID(job_id)])
+        outbox.add(session, [uuid.UUID(job_id)])  # made final twice: still one row
+
+    def claim(lease_s: float) -> list[str]:
+        with session_scope(services.database_url) as session:
+            return [r.id for r in outbox.claim(session, 1000, lease_s) if r.job_id == uuid.UUID(job_id)]
+
+    [row_id] = claim(lease_s=1.0)  # this dispatcher dies without a word
+    assert claim(lease_s=1.0) == []  # hidden from the others while leased
+    wait_until(lambda: claim(lease_s=1.0) == [row_id], "the row due again")
+    with session_scope(services.database_url) as session:
+        row = session.get(CallbackDelivery, row_id)
+        assert (row.status, row.attempts) == ("pending", 0)
+
+
 # --- a slow receiver ---------------------------------------------------------------------------
 
 
