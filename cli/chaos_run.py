@@ -37,7 +37,10 @@ WORKER_SETTINGS = {
     "MAX_JOB_ATTEMPTS": "50",
     "WORKER_METRICS_PORT": "0",
     "DETECTOR_UPSAMPLE": "0",
+    "CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32",  # the run's own receivers
 }
+TENANTS = ("chaos", "chaos-b")  # slow callbacks are spread over both
+CALLBACK_DRAIN_S = 300.0  # how long to wait for the outbox to drain once every job is final
 
 
 @dataclass
@@ -52,6 +55,7 @@ class ChaosOptions:
     keep: bool = False
     idle_phases: bool = False  # a 30 s pause with a Redis restart inside, then 1 job/s for a while
     heavy_jobs: int = 0  # enrollments of ten 5000x5000 images, mixed in
+    slow_callbacks: int = 0  # jobs whose callback goes to a receiver that trickles its answer
 
 
 @dataclass
@@ -61,14 +65,23 @@ class ChaosReport:
     failed: Counter = field(default_factory=Counter)  # error code -> jobs
     lost: int = 0
     duplicated: int = 0
+    callbacks_expected: int = 0  # accepted jobs whose callback goes to the fast receiver
+    callbacks_delivered: int = 0  # of those, jobs with a delivery that verified
+    forged: int = 0  # deliveries whose signature did not verify for their tenant
     events: list[str] = field(default_factory=list)  # what was done to the stack, in order
 
+    def codes(self) -> str:
+        return ", ".join(f"{code} {n}" for code, n in sorted(self.failed.items())) or "none"
+
     def line(self) -> str:
-        codes = ", ".join(f"{code} {n}" for code, n in sorted(self.failed.items())) or "none"
         return (
-            f"accepted {self.accepted}, succeeded {self.succeeded}, failed {sum(self.failed.values())} ({codes}), "
-            f"lost {self.lost}, duplicated {self.duplicated}"
+            f"accepted {self.accepted}, succeeded {self.succeeded}, failed {sum(self.failed.values())}, "
+            f"lost {self.lost}, duplicated {self.duplicated}, callbacks expected {self.callbacks_expected}, "
+            f"delivered {self.callbacks_delivered}, forged {self.forged}"
         )
+
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.forged or self.callbacks_delivered < self.callbacks_expected)
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -196,6 +209,7 @@ class Stack:
         self.database_url = ""
         self.blob_url = ""
         self.workers: list = []  # Popen, newest last
+        self.dispatcher = None  # the callback dispatcher's Popen
         self.started = 0
         self.env: dict = {}
 
@@ -213,10 +227,13 @@ class Stack:
                 "STATE_DIR": str(self.root / "state")}  # fmt: skip
         self.env = {**os.environ, **{f"BIOFLEET_{k}": v for k, v in {**urls, **WORKER_SETTINGS}.items()}}
         self.env["PYTHONUNBUFFERED"] = "1"
-        os.environ.update({f"BIOFLEET_{k}": v for k, v in urls.items()})  # this process's submit path
+        submit_env = {**urls, "CALLBACK_ALLOWED_NETWORKS": WORKER_SETTINGS["CALLBACK_ALLOWED_NETWORKS"]}
+        os.environ.update({f"BIOFLEET_{k}": v for k, v in submit_env.items()})  # this process's submit path
         _clear_caches()
         for _ in range(self.worker_count):
             self.start_worker()
+        self.dispatcher = stack.start_process([sys.executable, "-m", "worker", "--callbacks"], self.env,
+                                              self.root / "callbacks.log")  # fmt: skip
         stack.wait_worker_ready(self.redis_url, WORKER_READY_TIMEOUT_S, min_workers=self.worker_count)
 
     def start_worker(self):
@@ -258,8 +275,8 @@ class Stack:
     def stop(self) -> None:
         from shared import stack
 
-        for proc in self.workers:
-            if proc.poll() is None:
+        for proc in [*self.workers, self.dispatcher]:
+            if proc is not None and proc.poll() is None:
                 stack.stop_process(proc, timeout=20)
         if self.valkey is not None:
             stack.stop_process(self.valkey, timeout=10)
@@ -283,10 +300,12 @@ def _clear_caches() -> None:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def submit_all(stack: Stack, requests: list, times: list[float], stop: threading.Event, progress) -> list[str]:
+def submit_all(stack: Stack, requests: list, times: list[float], stop: threading.Event, progress, tenants=None,
+               placed=None) -> list[str]:
     """Submit each request at its time (seconds from the start), retrying one that is refused
     (Redis or Postgres away) with the same Idempotency-Key until it is accepted. Returns the
-    accepted job ids."""
+    accepted job ids. tenants: a tenant name per request (default: all "chaos"); placed, a list:
+    gets (index, job id)."""
     from shared.blob import open_blob_store
     from shared.celery_app import get_celery
     from shared.db.session import session_scope
@@ -296,7 +315,7 @@ def submit_all(stack: Stack, requests: list, times: list[float], stop: threading
 
     settings = get_settings()
     with session_scope(stack.database_url) as session:
-        tenant_id = get_or_create_tenant(session, "chaos")
+        tenant_ids = {name: get_or_create_tenant(session, name) for name in set(tenants or ["chaos"])}
     blobs = open_blob_store(stack.blob_url)
     accepted = []
     start = time.monotonic()
@@ -304,9 +323,12 @@ def submit_all(stack: Stack, requests: list, times: list[float], stop: threading
         time.sleep(max(0.0, start + times[index] - time.monotonic()))
         while not stop.is_set():
             try:
+                tenant_id = tenant_ids[tenants[index] if tenants else "chaos"]
                 submitted = submit_job(tenant_id, request, blobs, get_celery(), stack.database_url, settings,
                                        idempotency_key=f"chaos-{index}")  # fmt: skip
                 accepted.append(str(submitted.job.id))
+                if placed is not None:
+                    placed.append((index, str(submitted.job.id)))
                 break
             except SubmitError as exc:
                 if exc.code not in ("queue_unavailable", "storage_unavailable"):
@@ -382,13 +404,17 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         stack.start()
         faces_dir = get_settings().faces_dir
         requests = with_heavy_jobs(workload(options.jobs, faces_dir), options.heavy_jobs, faces_dir)
+        receivers = start_receivers(stack.database_url)
+        requests, tenants, slow = with_callbacks(requests, receivers, options.slow_callbacks)
         times, pause_at = submission_times(len(requests), options.rate, options.idle_phases)
         load_s = times[-1] if times else 0.0
         accepted: list[str] = []
+        placed: list[tuple[int, str]] = []
         state = {"submitted": 0}
 
         def load() -> None:
-            accepted.extend(submit_all(stack, requests, times, stop, lambda n: state.update(submitted=n)))
+            accepted.extend(submit_all(stack, requests, times, stop, lambda n: state.update(submitted=n),
+                                       tenants=tenants, placed=placed))  # fmt: skip
 
         submitter = threading.Thread(target=load, name="submit", daemon=True)
         submitter.start()
@@ -421,6 +447,15 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
                 break
             time.sleep(5)
         report.lost = pending
+        expected = [job_id for index, job_id in placed if index not in slow]
+        report.callbacks_expected = len(expected)
+        deadline = time.monotonic() + CALLBACK_DRAIN_S
+        while receivers.delivered(expected) < len(expected) and time.monotonic() < deadline:
+            console.print(f"[{time.monotonic() - started:6.1f} s] callbacks {receivers.delivered(expected)}/{len(expected)}")
+            time.sleep(5)
+        report.callbacks_delivered = receivers.delivered(expected)
+        report.forged = receivers.forged
+        receivers.close()
         time.sleep(2)  # let the last log lines reach the files
         report.duplicated = len(duplicated_jobs(stack.database_url, stack.worker_logs()))
     finally:
@@ -431,6 +466,35 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def start_receivers(database_url: str):
+    """The run's callback receivers (cli.chaos_callbacks), knowing each tenant's secret."""
+    from cli.chaos_callbacks import Receivers
+    from shared.db.session import session_scope
+    from shared.keys import get_or_create_tenant
+    from shared.webhooks import ensure_secret
+
+    with session_scope(database_url) as session:
+        secrets = {name: ensure_secret(session, get_or_create_tenant(session, name)) for name in TENANTS}
+    return Receivers(secrets)
+
+
+def with_callbacks(requests: list, receivers, slow_count: int) -> tuple[list, list[str], set[int]]:
+    """Every request with a callback_url: slow_count of them, spread evenly over the run and
+    alternating between the two tenants, to the trickling receiver; the rest to the fast one.
+    Returns (requests, tenant name per request, indices of the slow ones)."""
+    from dataclasses import replace
+
+    step = max(1, len(requests) // max(1, slow_count))
+    slow = {min(len(requests) - 1, step // 2 + i * step) for i in range(min(slow_count, len(requests)))}
+    tenants, out = [], []
+    for index, request in enumerate(requests):
+        tenant = TENANTS[sorted(slow).index(index) % 2] if index in slow else TENANTS[0]
+        url = receivers.slow_url(tenant) if index in slow else receivers.fast_url(tenant)
+        tenants.append(tenant)
+        out.append(replace(request, callback_url=url))
+    return out, tenants, slow
 
 
 def _steps(every_s: float, until_s: float) -> list[float]:

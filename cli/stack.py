@@ -18,7 +18,7 @@ import click
 
 from shared.services import STACK_FILE, read_stack_file
 
-APP_PROCESSES = ("api", "worker", "flower")  # stopped first, in this order
+APP_PROCESSES = ("api", "worker", "callbacks", "flower")  # stopped first, in this order
 API_READY_TIMEOUT_S = 90.0
 WORKER_READY_TIMEOUT_S = 300.0  # the worker loads and warms up the face model first
 WORKER_STOP_TIMEOUT_S = 60.0  # a running batch finishes, buffered messages go back
@@ -231,6 +231,8 @@ def stack_up(settings, say=print) -> dict:
     if not running(stack, "worker"):
         proc = start_app_process("worker", [sys.executable, "-m", "worker"], env, settings, stack, say)
         services.wait_worker_ready(redis_url, WORKER_READY_TIMEOUT_S, proc=proc)
+    if not running(stack, "callbacks"):  # the callback dispatcher: never in an inference process
+        start_app_process("callbacks", [sys.executable, "-m", "worker", "--callbacks"], env, settings, stack, say)
     if not running(stack, "flower"):
         if not services.port_is_free(settings.flower_port):
             raise click.ClickException(f"port {settings.flower_port} is in use: set BIOFLEET_FLOWER_PORT")
@@ -331,7 +333,8 @@ def _console():
 
 @click.command()
 def up() -> None:
-    """Start the embedded stack (valkey, Postgres, API, worker, Flower) unless it runs already."""
+    """Start the embedded stack (valkey, Postgres, API, worker, callback dispatcher, Flower) unless
+    it runs already."""
     from rich.table import Table
 
     from shared.settings import get_settings
@@ -438,6 +441,7 @@ def create_key(tenant: str) -> None:
     with session_scope(_database_url()) as session:
         key = create_api_key(session, tenant)
     click.echo(key)
+    click.echo(f"callbacks are signed with the tenant's secret: biofleet webhooks secret --tenant {tenant}", err=True)
 
 
 @keys.command("revoke")

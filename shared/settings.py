@@ -71,10 +71,16 @@ class Settings(BaseSettings):
     # Retention and callbacks.
     probe_retention_s: int = 0  # verify/identify images are deleted once their job is final
     enrollment_retention_days: int = 365  # kept for re-enrollment on a model change
-    callback_secret: str = "change-me"
-    callback_max_attempts: int = 6
-    callback_timeout_s: float = 5.0
-    # Callback hosts resolving into private, loopback or link-local networks are refused unless
+    # Callbacks: sent from the outbox by the callback dispatcher (`python -m worker --callbacks`),
+    # signed with each tenant's own secret (Standard Webhooks).
+    callback_max_attempts: int = Field(6, ge=1)
+    callback_deadline_s: float = Field(10.0, gt=0)  # the whole request: connect, TLS, send, receive
+    callback_max_response_bytes: int = Field(4096, ge=1)  # of a receiver's answer, read at most
+    callback_concurrency: int = Field(32, ge=1)  # posts in flight per dispatcher process
+    callback_tenant_concurrency: int = Field(4, ge=1)  # posts in flight per tenant, across dispatchers
+    callback_poll_interval_s: float = Field(0.5, gt=0)  # how often the dispatcher looks for due rows
+    callback_secret_grace_s: int = Field(86400, ge=0)  # a rotated-out secret keeps signing this long
+    # Callback hosts resolving to addresses that are not globally routable are refused unless
     # inside one of these comma-separated networks (e.g. "127.0.0.0/8,10.1.0.0/16").
     callback_allowed_networks: str = ""
     retention_interval_s: int = 3600  # how often a worker runs retention; 0 turns it off

@@ -113,7 +113,6 @@ def load_runtime(settings: Settings) -> Runtime:
         model_version=settings.model_version,
         settings=settings,
         republish=tasks.republish,
-        enqueue_callback=tasks.enqueue_callback,
         versions=VersionBook(ARCHITECTURE, sha, settings.model_version, settings.match_threshold),
         suspects=Suspects(urls.redis_url),
     )

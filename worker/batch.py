@@ -5,8 +5,8 @@ run_batch(deliveries, runtime, batch_id=None) -> BatchReport:
   versions (runtime.versions: verify and identify use the active version, enroll writes the
   active one and every candidate, reenroll the version its message names) -> fetch their images
   from the blob store (thread pool) -> one FacePipeline.process call for every image of every job
-  (one per set of versions) -> compare (verify, identify) -> one transaction: templates and final
-  job statuses -> delete probe images -> queue callbacks.
+  (one per set of versions) -> compare (verify, identify) -> one transaction: templates, final
+  job statuses and callback outbox rows (shared.outbox) -> delete probe images.
 
 Suspects (jobs of a batch whose pool process died; worker.suspects) run after the others, each
 alone and committed before the next, so a job that kills its process fails alone, with
@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from shared import outbox
 from shared.blob import BlobNotFound, BlobStore
 from shared.db.models import FINAL_STATUSES, Job, Subject, Template
 from shared.db.session import session_scope
@@ -77,7 +78,6 @@ class Runtime:
     model_version: str
     settings: Settings
     republish: Callable[[list[Delivery]], None]  # send these messages again, unchanged
-    enqueue_callback: Callable[[str], None]  # queue CALLBACK_TASK for a job id
     # worker.variants.VersionBook: the active version and the candidates, read per batch. None:
     # every job uses model_version.
     versions: Any = None
@@ -633,7 +633,8 @@ def commit_all(items: list[WorkItem], runtime: Runtime, batch_id: str) -> list[W
 
 
 def write_outcomes(session, items: list[WorkItem], model_version: str, batch_id: str) -> list[WorkItem]:
-    """Final status and templates of each item whose job is not final yet; the items written."""
+    """Final status, templates and callback outbox row of each item whose job is not final yet;
+    the items written."""
     written = []
     for item in items:
         outcome = item.outcome
@@ -660,6 +661,7 @@ def write_outcomes(session, items: list[WorkItem], model_version: str, batch_id:
             if rows:
                 write_templates(session, item, version, rows)
         written.append(item)
+    outbox.add(session, [item.job_id for item in written if item.callback_url])
     return written
 
 
@@ -693,8 +695,8 @@ def write_templates(session, item: WorkItem, model_version: str, templates: list
 
 
 def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport) -> None:
-    """Delete probe images (and enrollment images that gave no template), queue callbacks,
-    count and log each finished job. Failures here are logged, never raised."""
+    """Delete probe images (and enrollment images that gave no template), count and log each
+    finished job. Failures here are logged, never raised."""
     delete_keys = []
     for item in finished:
         if item.kind in PROBE_KINDS and runtime.settings.probe_retention_s == 0:
@@ -709,11 +711,6 @@ def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport
     for item in finished:
         outcome = item.outcome
         extra = {"job_id": str(item.job_id), "batch_id": report.batch_id}
-        if item.callback_url:
-            try:
-                runtime.enqueue_callback(str(item.job_id))
-            except Exception:
-                log.exception("callback could not be queued", extra=extra)
         report.finished[str(item.job_id)] = outcome.status
         metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at)
         log.info(

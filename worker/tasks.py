@@ -1,8 +1,8 @@
-"""The worker's Celery tasks, thin entry points over worker.batch and worker.callbacks.
+"""The worker's Celery task, a thin entry point over worker.batch.
 
 RUN_JOBS_TASK: a celery-batches task; Celery hands it up to settings.batch_size requests, or what
-arrived within settings.flush_interval_ms, as one list. CALLBACK_TASK(job_id): post the job's
-signed callback, retried with exponential backoff up to settings.callback_max_attempts.
+arrived within settings.flush_interval_ms, as one list. Callbacks are not tasks: the batch writes
+them to the outbox, and the callback dispatcher (worker.dispatcher) sends them.
 """
 
 import logging
@@ -14,10 +14,9 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import get_celery
-from shared.queues import CALLBACK_TASK, CALLBACKS, QUEUE_FOR_KIND, RUN_JOBS_TASK
+from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
 from shared.settings import get_settings
-from worker.batch import Delivery, is_transient, run_batch
-from worker.callbacks import CallbackFailed, backoff_s, deliver
+from worker.batch import Delivery, run_batch
 
 log = logging.getLogger(__name__)
 app = get_celery()
@@ -159,25 +158,3 @@ def republish(deliveries: list[Delivery]) -> None:
             queue=QUEUE_FOR_KIND[delivery.kwargs["kind"]],
             task_id=delivery.task_id,
         )
-
-
-def enqueue_callback(job_id: str) -> None:
-    app.send_task(CALLBACK_TASK, kwargs={"job_id": job_id}, queue=CALLBACKS)
-
-
-@app.task(name=CALLBACK_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
-def post_callback(self, job_id: str) -> None:
-    """Post the job's callback; on failure send it again after backoff_s(attempt)."""
-    current = get_settings()
-    try:
-        deliver(job_id, current)
-    except Exception as exc:
-        if not isinstance(exc, CallbackFailed) and not is_transient(exc):
-            raise
-        attempt = self.request.retries + 1
-        extra = {"job_id": job_id, "attempt": attempt, "error": str(exc) if isinstance(exc, CallbackFailed) else type(exc).__name__}
-        if attempt >= current.callback_max_attempts:
-            log.error("callback abandoned", extra=extra)
-            return
-        log.warning("callback failed, will retry", extra=extra)
-        raise self.retry(countdown=backoff_s(attempt)) from None

@@ -70,7 +70,7 @@ def test_up_status_keys_down(stack_env):
 
         stack = json.loads((state / "stack.json").read_text())
         pids = stack["pids"]
-        assert set(pids) == {"valkey", "postgres", "api", "worker", "flower"}
+        assert set(pids) == {"valkey", "postgres", "api", "worker", "callbacks", "flower"}
         assert stack["api_url"] == f"http://127.0.0.1:{stack_env['BIOFLEET_API_PORT']}"
         assert stack["redis_url"].startswith("redis://127.0.0.1:")
 
@@ -84,6 +84,10 @@ def test_up_status_keys_down(stack_env):
 
         created = biofleet(stack_env, "keys", "create", "--tenant", "acme").stdout
         assert created.count("\n") == 1 and created.strip().startswith("bf_") and created.strip() != key
+        secret = biofleet(stack_env, "webhooks", "secret", "--tenant", "acme").stdout.strip()
+        rotated = biofleet(stack_env, "webhooks", "rotate-secret", "--tenant", "acme").stdout.strip()
+        assert secret.startswith("whsec_") and rotated.startswith("whsec_") and rotated != secret
+        assert biofleet(stack_env, "webhooks", "secret", "--tenant", "acme").stdout.strip() == rotated
 
         biofleet(stack_env, "down", timeout=300)
         assert not any(pid_alive(pid) for pid in pids.values())

@@ -23,7 +23,7 @@ def test_migrations_create_every_table_and_the_vector_type(services):
                  "WHERE attrelid = 'templates'::regclass AND attname = 'embedding'")
         ).scalar()  # fmt: skip
         assert column == "vector(128)"
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
 
 
 def test_migrations_match_the_models(services):
@@ -38,7 +38,7 @@ def test_upgrade_twice_is_a_no_op(services):
     from shared.db.migrate import current_revision, upgrade
 
     upgrade(services.database_url)
-    assert current_revision(services.database_url) == "0002"
+    assert current_revision(services.database_url) == "0003"
 
 
 def test_key_create_and_look_up(services):

@@ -136,11 +136,14 @@ def test_callback_urls_into_private_networks_are_refused(api_client, make_key, r
     assert response.json()["error"]["code"] == "callback_url_not_allowed"
 
 
-def test_allowed_network_is_accepted_and_the_worker_checks_again(services, make_key, redis_client):
-    from shared.db.models import Job
+def test_allowed_network_is_accepted_and_the_dispatcher_checks_again(services, make_key, redis_client):
+    from sqlalchemy import select
+
+    from shared import outbox
+    from shared.db.models import CallbackDelivery, Job
     from shared.db.session import session_scope
     from shared.settings import get_settings
-    from worker.callbacks import deliver
+    from worker.dispatcher import Dispatcher
 
     key = make_key(f"cb-{uuid.uuid4().hex[:8]}")
     with app_client(callback_allowed_networks="127.0.0.0/8") as client:
@@ -148,7 +151,7 @@ def test_allowed_network_is_accepted_and_the_worker_checks_again(services, make_
             "/v1/identifications", json={"image": b64(png(2)), "callback_url": "http://127.0.0.1:9/h"}, headers=auth(key)
         )
     assert response.status_code == 202
-    job_id = response.json()["id"]
+    job_id = uuid.UUID(response.json()["id"])
     redis_client.delete("identify")  # no worker here
 
     listener = socket.socket()
@@ -156,10 +159,14 @@ def test_allowed_network_is_accepted_and_the_worker_checks_again(services, make_
     listener.listen(1)
     listener.settimeout(0.5)
     with session_scope(services.database_url) as session:
-        job = session.get(Job, uuid.UUID(job_id))
+        job = session.get(Job, job_id)
         job.status, job.callback_url = "succeeded", f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-    refused = deliver(job_id, get_settings().model_copy(update={"callback_allowed_networks": ""}))
-    assert refused is False
+        session.flush()
+        outbox.add(session, [job_id])
+    with session_scope(services.database_url) as session:
+        row = session.scalars(select(CallbackDelivery).where(CallbackDelivery.job_id == job_id)).one()
+    dispatcher = Dispatcher(get_settings().model_copy(update={"callback_allowed_networks": ""}), services.database_url)
+    assert dispatcher.attempt(row) == "failed"
     with pytest.raises(TimeoutError):
         listener.accept()  # nothing connected
     listener.close()

@@ -367,3 +367,20 @@ def test_terraform_parses_and_names_its_variables():
     # every var.<name> used is declared
     used = {name for path in files for name in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", path.read_text())}
     assert used and used <= variables, used - variables
+
+
+def test_the_callback_dispatcher_runs_apart_from_inference():
+    deployment = find("Deployment", "callbacks")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "worker", "--callbacks"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert "nodeSelector" not in pod  # CPU nodes
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["livenessProbe"] and container["startupProbe"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    config = find("ConfigMap", "biofleet-config")["data"]
+    deadline_s = float(config.get("BIOFLEET_CALLBACK_DEADLINE_S", Settings().callback_deadline_s))
+    assert pod["terminationGracePeriodSeconds"] > deadline_s
+    (worker,) = find("Deployment", "worker")["spec"]["template"]["spec"]["containers"]
+    assert "--callbacks" not in " ".join(worker.get("command", []) + worker.get("args", []))
