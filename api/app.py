@@ -1,4 +1,5 @@
 """create_app(settings=None) -> FastAPI: routes, auth, one error shape, the body limit, access logs.
+Refuses (UnsafeSettings) default secrets next to a non-embedded Redis or Postgres (shared/safety.py).
 
 Backends (blob store, Celery, Redis, database URL) open on first use, so the app starts without them.
 """
@@ -15,6 +16,7 @@ from api.deps import Backends
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from api.routes import enrollments, health, identifications, jobs, subjects, verifications
+from shared.safety import refuse_default_secrets
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api.access")
@@ -53,6 +55,7 @@ class AccessLogMiddleware:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The biofleet HTTP API."""
     settings = settings or get_settings()
+    refuse_default_secrets(settings, "the API", ("callback_secret",))
     backends = Backends(settings)
 
     @asynccontextmanager
@@ -67,10 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.backends = backends
-    app.state.metrics = ApiMetrics(backends)
+    app.state.metrics = ApiMetrics()
     install_error_handlers(app)
     for module in (enrollments, verifications, identifications, jobs, subjects, health):
         app.include_router(module.router)
+    if settings.metrics_route:
+        app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware)  # outermost: logs 413s too
     return app

@@ -2,6 +2,8 @@
 
 Prefork pool of settings.worker_concurrency processes, task events on (Flower), no mingle or
 gossip, node name biofleet-<pid>@<host>, log level from settings. Extra arguments are passed on to Celery.
+Exits with a message instead of starting with the default callback secret next to a non-embedded
+Redis or Postgres (shared/safety.py).
 """
 
 import os
@@ -29,6 +31,12 @@ def worker_argv(extra: list[str] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from shared.safety import UnsafeSettings, refuse_default_secrets
+
+    try:
+        refuse_default_secrets(get_settings(), "the worker", ("callback_secret",))
+    except UnsafeSettings as exc:
+        sys.exit(f"biofleet worker: {exc}")
     from worker.app import app
 
     app.worker_main(worker_argv(sys.argv[1:] if argv is None else argv))
