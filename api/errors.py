@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 5  # what a 503 tells clients to wait
 IN_PROGRESS_RETRY_AFTER_S = 1  # what idempotency_in_progress tells clients to wait
 MAX_LISTED_ERRORS = 20  # validation errors listed in an answer (their count is given too)
+MAX_LOC_CHARS = 100  # of each part of an error's location (unknown field names come from clients)
 # HTTP status of each submit error code; the rest are 422.
 SUBMIT_STATUS = {
     "idempotency_conflict": 409,
@@ -74,7 +75,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict], i
     images), and the number of errors."""
     errors = exc.errors()
     details = [
-        {"loc": [str(part) for part in err.get("loc", ())], "msg": err.get("msg", ""), "type": err.get("type", "")}
+        {"loc": [str(part)[:MAX_LOC_CHARS] for part in err.get("loc", ())], "msg": err.get("msg", ""),
+         "type": err.get("type", "")}
         for err in errors[:MAX_LISTED_ERRORS]
     ]
     message = "; ".join(f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5])

@@ -274,8 +274,9 @@ MAX_LISTED = 20
         ("/v1/subjects/many/enrollments", b'{"images": [' + b"0," * 10_000_000 + b"0]}"),  # ~20 MB
         ("/v1/identifications", b"{" + b",".join(b'"k%07d":0' % i for i in range(1_500_000)) + b"}"),
         ("/v1/verifications", b"[" + b"0," * 10_000_000 + b"0]"),
+        ("/v1/identifications", b'{"' + b"k" * 19_000_000 + b'": 0}'),
     ],
-    ids=["ten-million-images", "unknown-fields", "top-level-list"],
+    ids=["ten-million-images", "unknown-fields", "top-level-list", "long-field-name"],
 )
 def test_millions_of_invalid_items_get_a_short_answer(api_client, plain_key, path, body):
     """A body near the size limit full of invalid items: a 422 listing a capped number of errors
