@@ -185,7 +185,8 @@ def submit_job(
                     id=job_id, tenant_id=tenant_id, kind=request.kind, status="queued",
                     subject_external_id=request.subject_id, top_k=request.top_k, cropped=request.cropped,
                     blob_keys=keys, callback_url=request.callback_url, attempts=0,
-                    idempotency_key=idempotency_key, request_hash=digest, published=False,
+                    idempotency_key=idempotency_key, request_hash=digest,
+                    published=idempotency_key is None,  # a job with a key waits for its publish
                 )  # fmt: skip
                 .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
                 .returning(Job)
@@ -212,8 +213,9 @@ def submit_job(
             raise QueueUnavailable() from exc
         # A worker has the job already: the message got through although the broker's answer did not.
         log.warning("publish reported a failure but the job runs", extra={"job_id": str(job_id)})
-    _mark_published(database_url, job_id)
-    job.published = True
+    if not job.published:
+        _mark_published(database_url, job_id)
+        job.published = True
     log.info(
         "job queued",
         extra={"job_id": str(job_id), "tenant_id": str(tenant_id), "kind": request.kind, "images": len(keys)},

@@ -117,7 +117,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))  # same key + other body -> 409
     callback_url: Mapped[str | None] = mapped_column(Text)
-    # False from the insert until the message is on the queue: an idempotent replay waits for it.
+    # False for a job with an idempotency key from its insert until its message is on the queue:
+    # a replay waits for it (shared/jobs.py).
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -666,3 +666,38 @@ def test_a_replay_waits_for_the_publish_in_progress(services, redis_client, tena
     assert outcome["a"].created and not replay.created
     assert replay.job.id == outcome["a"].job.id
     take_message(redis_client, "identify", str(replay.job.id))
+
+
+def test_a_publish_that_reports_failure_after_a_worker_took_the_job_keeps_it(services, redis_client, tenants,
+                                                                             monkeypatch):  # fmt: skip
+    """The broker took the message but its answer was lost, and a worker already runs the job: the
+    job is kept and accepted, not removed under the worker."""
+    from sqlalchemy import update
+
+    from shared import jobs
+    from shared.blob import open_blob_store
+    from shared.celery_app import get_celery
+    from shared.db.models import Job
+    from shared.db.session import session_scope
+    from shared.keys import tenant_for_key
+    from shared.settings import get_settings
+
+    with session_scope(services.database_url) as session:
+        tenant_id = tenant_for_key(session, tenants["a"])
+    real_publish = jobs.publish
+
+    def publish_then_lose_the_answer(celery, message):
+        real_publish(celery, message)
+        with session_scope(services.database_url) as session:  # as a worker starting it
+            session.execute(update(Job).where(Job.id == uuid.UUID(message.job_id)).values(status="running"))
+        raise ConnectionError("connection reset")
+
+    monkeypatch.setattr(jobs, "publish", publish_then_lose_the_answer)
+    request = jobs.JobRequest(kind="identify", images=(png(17),), top_k=2)
+    submitted = jobs.submit_job(tenant_id, request, open_blob_store(services.blob_url), get_celery(),
+                                services.database_url, get_settings(), f"lost-answer-{uuid.uuid4()}")  # fmt: skip
+    job_id = str(submitted.job.id)
+    take_message(redis_client, "identify", job_id)
+    row = job_row(services, job_id)
+    assert submitted.created and row is not None and row.published
+    assert (blob_dir(services) / row.blob_keys[0]).exists()
