@@ -71,7 +71,8 @@ def _check_size(data: Any) -> None:
     """422 for a body with more fields, or a list with more items, than MAX_JSON_ITEMS: validating
     millions of them would take the API's time and memory."""
     if isinstance(data, (list, dict)) and len(data) > MAX_JSON_ITEMS:
-        raise ApiError(422, "validation_error", f"the body has {len(data)} items; a request has at most {MAX_JSON_ITEMS}")
+        message = f"the body has {len(data)} items; a request has at most {MAX_JSON_ITEMS}"
+        raise ApiError(422, "validation_error", message)
     for name, value in data.items() if isinstance(data, dict) else ():
         if isinstance(value, (list, dict)) and len(value) > MAX_JSON_ITEMS:
             message = f"{name[:64]}: {len(value)} items; a request has at most {MAX_JSON_ITEMS}"

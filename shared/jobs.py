@@ -63,7 +63,8 @@ class IdempotencyConflict(SubmitError):
 
 class IdempotencyInProgress(SubmitError):
     def __init__(self):
-        super().__init__("idempotency_in_progress", "a request with this Idempotency-Key is still being accepted; retry")
+        message = "a request with this Idempotency-Key is still being accepted; retry"
+        super().__init__("idempotency_in_progress", message)
 
 
 class QueueUnavailable(SubmitError):
@@ -167,7 +168,8 @@ def submit_job(
     if idempotency_key is not None and not (
         1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
     ):
-        raise SubmitError("bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+        message = f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+        raise SubmitError("bad_idempotency_key", message)
     digest = request.request_hash()
     if idempotency_key is not None:
         earlier = _settled_by_key(database_url, tenant_id, idempotency_key)

@@ -75,8 +75,8 @@ def test_depth_exporter_serves_queue_depth(services, worker_env, redis_client, t
     from shared.queues import JOB_QUEUES
 
     port = stack.free_port()
-    proc = stack.start_process([sys.executable, "-m", "shared.exporter"], dict(worker_env, BIOFLEET_EXPORTER_PORT=str(port)),
-                               tmp_path / "exporter.log")  # fmt: skip
+    env = dict(worker_env, BIOFLEET_EXPORTER_PORT=str(port))
+    proc = stack.start_process([sys.executable, "-m", "shared.exporter"], env, tmp_path / "exporter.log")
     try:
         stack.wait_http(f"http://127.0.0.1:{port}/metrics", 60)
         found = families(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
