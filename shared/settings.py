@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Prometheus endpoints on their own ports, never behind the ingress: the API's (`python -m api`)
+    # on metrics_port and the queue depth exporter's (`python -m shared.exporter`) on exporter_port,
+    # both on metrics_host; 0 turns one off. metrics_route also serves GET /metrics on api_port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9101
+    exporter_port: int = 9110
+    metrics_route: bool = False
 
     # Batching worker.
     batch_size: int = Field(32, ge=1)  # celery-batches flush_every
@@ -94,6 +101,13 @@ class Settings(BaseSettings):
     # Per-API-key rate limit: at most rate_limit_requests per rate_limit_window_s; 0 turns it off.
     rate_limit_requests: int = Field(1000, ge=0)
     rate_limit_window_s: int = Field(10, ge=1)
+    # Per client address: after auth_failure_limit requests with a missing, unknown or revoked key in
+    # auth_failure_window_s, 429 before any key lookup until the window ends; 0 turns it off.
+    auth_failure_limit: int = Field(30, ge=0)
+    auth_failure_window_s: int = Field(60, ge=1)
+    # Addresses whose X-Forwarded-For is trusted for the client address (uvicorn's
+    # forwarded_allow_ips): the load balancer's, or "*" when only it can reach the API.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     # Flower.
     flower_port: int = 5555

@@ -16,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -121,6 +122,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))  # same key + other body -> 409
     callback_url: Mapped[str | None] = mapped_column(Text)
+    # False for a job with an idempotency key from its insert until its message is on the queue:
+    # a replay waits for it (shared/jobs.py).
+    published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
