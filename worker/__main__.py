@@ -4,8 +4,6 @@ instead, a process of its own that never runs inference.
 
 Prefork pool of settings.worker_concurrency processes, task events on (Flower), no mingle or
 gossip, node name biofleet-<pid>@<host>, log level from settings. Extra arguments are passed on to Celery.
-Exits with a message instead of starting with the default callback secret next to a non-embedded
-Redis or Postgres (shared/safety.py).
 """
 
 import os
