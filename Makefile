@@ -2,8 +2,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLES ?= ../shared/data/faces/lfw_colour
+GPU_VENV := .gpu-venv
+GPU_STAMP := $(GPU_VENV)/.installed
+BUNDLE := bench/gpu-bundle/manifest.json
 
-.PHONY: install test run down bench clean
+.PHONY: install test run down bench gpu-bundle gpu-rehearsal clean
 
 $(STAMP): pyproject.toml requirements/*.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,7 +30,7 @@ down:
 # OpenMP threads that spin-wait for a core another process holds slow PyTorch down several times
 # on a busy machine; passive waiting costs little on an idle one (bench/README.md).
 bench: export OMP_WAIT_POLICY ?= PASSIVE
-bench: install
+bench: install $(BUNDLE)
 	$(PY) -m bench.model
 	$(PY) -m bench.batching
 	$(PY) -m bench.photos_stack
@@ -36,5 +39,25 @@ bench: install
 	bench/gpu.sh --device cpu
 	$(PY) -m bench.summary
 
+# The models, real chips and photos the GPU host lacks, in bench/gpu-bundle/ (under 64 MiB).
+gpu-bundle: install
+	$(PY) -m bench.gpu.bundle
+
+$(BUNDLE): | $(STAMP)
+	$(PY) -m bench.gpu.bundle
+
+# A venv with only what the GPU host has (requirements/gpu-host.txt).
+$(GPU_STAMP): requirements/gpu-host.txt
+	test -x $(GPU_VENV)/bin/python || python3 -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/gpu-host.txt
+	touch $(GPU_STAMP)
+
+# The GPU run on the CPU, in that venv, from the bundle alone (never ../shared).
+gpu-rehearsal: export OMP_WAIT_POLICY ?= PASSIVE
+gpu-rehearsal: $(GPU_STAMP) $(BUNDLE)
+	$(GPU_VENV)/bin/python bench/gpu/bare.py
+	env -u BIOFLEET_FACES_DIR PYTHON=$(GPU_VENV)/bin/python bench/gpu.sh --device cpu \
+		--out bench/results/gpu-rehearsal.json
+
 clean:
-	rm -rf $(VENV) .biofleet
+	rm -rf $(VENV) $(GPU_VENV) .biofleet

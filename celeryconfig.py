@@ -35,7 +35,7 @@ result_backend = None
 # One direct exchange per queue, routing key = queue name: a message lands in exactly its queue.
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in queues.ALL_QUEUES]
 task_default_queue = queues.VERIFY
-task_routes = {queues.CALLBACK_TASK: {"queue": queues.CALLBACKS}}  # job messages name their queue
+# Job messages name their queue; callbacks go through the outbox table, not the broker.
 
 # Ack after the batch returns; a job is applied at most once by its idempotent writes.
 task_acks_late = True
@@ -62,8 +62,8 @@ worker_concurrency = _settings.worker_concurrency
 # Each pool process loads and warms up the face model, and makes sure of its model version row
 # (waiting up to db_retry_s for Postgres), before it reports up: Celery's default is 4 s.
 worker_proc_alive_timeout = max(300.0, _settings.db_retry_s + 120.0)
-# On a lost broker connection, cancel running late-ack tasks (callbacks) rather than finish them
-# unacked; a running batch finishes, and its messages, redelivered, find their jobs final.
+# On a lost broker connection a running batch finishes, and its messages, redelivered, find their
+# jobs final.
 worker_cancel_long_running_tasks_on_connection_loss = True
 # On SIGTERM, give running batches time to finish before unacked messages are restored.
 worker_soft_shutdown_timeout = 10.0

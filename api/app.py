@@ -67,10 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.backends = backends
-    app.state.metrics = ApiMetrics(backends)
+    app.state.metrics = ApiMetrics()
     install_error_handlers(app)
     for module in (enrollments, verifications, identifications, jobs, subjects, health):
         app.include_router(module.router)
+    if settings.metrics_route:
+        app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware)  # outermost: logs 413s too
     return app

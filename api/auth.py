@@ -1,5 +1,8 @@
 """Bearer API keys. require_tenant (a dependency) -> the caller's tenant id, or 401 "unauthorized",
-or 429 "rate_limited" with Retry-After past settings.rate_limit_requests per rate_limit_window_s.
+or 429 "rate_limited" with Retry-After: past settings.rate_limit_requests per rate_limit_window_s
+for a key, and, before any lookup, for a client address past settings.auth_failure_limit missing,
+unknown or revoked keys per auth_failure_window_s. A key lookup with Postgres down is 503
+"database_unavailable" (api/errors.py).
 
 The key is looked up by its sha256 (shared/keys.py); it is never logged.
 """
@@ -14,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.deps import get_backends, get_database_url
 from api.errors import ApiError
-from api.rate_limit import retry_after_s
+from api.rate_limit import count_failure, failures_retry_after_s, retry_after_s
 from shared.db.session import session_scope
 from shared.keys import tenant_for_key
 
@@ -31,6 +34,43 @@ def _lookup(database_url: str, key: str) -> uuid.UUID | None:
         return tenant_for_key(session, key)
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _rate_limited(retry: int, message: str) -> ApiError:
+    return ApiError(429, "rate_limited", message, {"Retry-After": str(retry)})
+
+
+def _address_check(request: Request) -> None:
+    """429 rate_limited when the client address has failed authentication too often; a Redis error
+    lets the request through."""
+    backends = get_backends(request)
+    settings = backends.settings
+    if not settings.auth_failure_limit:
+        return
+    try:
+        retry = failures_retry_after_s(
+            backends.redis, _address(request), settings.auth_failure_limit, settings.auth_failure_window_s
+        )
+    except Exception as exc:
+        log.warning("address limit not checked", extra={"error": type(exc).__name__})
+        return
+    if retry is not None:
+        raise _rate_limited(retry, "too many requests with missing or unknown API keys; retry later")
+
+
+def _failed(request: Request, message: str) -> ApiError:
+    """Count a failed authentication of the client address; the 401 to raise."""
+    backends = get_backends(request)
+    if backends.settings.auth_failure_limit:
+        try:
+            count_failure(backends.redis, _address(request), backends.settings.auth_failure_window_s)
+        except Exception as exc:
+            log.warning("failed authentication not counted", extra={"error": type(exc).__name__})
+    return unauthorized(message)
+
+
 def _rate_check(request: Request, key: str) -> None:
     """429 rate_limited when the key is over its limit; a Redis error lets the request through."""
     backends = get_backends(request)
@@ -43,8 +83,7 @@ def _rate_check(request: Request, key: str) -> None:
         log.warning("rate limit not checked", extra={"error": type(exc).__name__})
         return
     if retry is not None:
-        message = "too many requests for this API key; retry later"
-        raise ApiError(429, "rate_limited", message, {"Retry-After": str(retry)})
+        raise _rate_limited(retry, "too many requests for this API key; retry later")
 
 
 async def require_tenant(
@@ -53,11 +92,12 @@ async def require_tenant(
     database_url: Annotated[str, Depends(get_database_url)],
 ) -> uuid.UUID:
     """The tenant owning the Bearer key of this request."""
+    await run_in_threadpool(_address_check, request)
     if credentials is None or not credentials.credentials:
-        raise unauthorized("an API key is required: Authorization: Bearer <key>")
+        raise await run_in_threadpool(_failed, request, "an API key is required: Authorization: Bearer <key>")
     tenant_id = await run_in_threadpool(_lookup, database_url, credentials.credentials)
     if tenant_id is None:
-        raise unauthorized("unknown or revoked API key")
+        raise await run_in_threadpool(_failed, request, "unknown or revoked API key")
     await run_in_threadpool(_rate_check, request, credentials.credentials)
     return tenant_id
 

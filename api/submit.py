@@ -27,6 +27,7 @@ from shared.settings import Settings
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
+MAX_JSON_ITEMS = 100  # fields of a body, items of a list in it: far more than any request has
 
 
 @dataclass
@@ -66,12 +67,27 @@ def _invalid(exc: ValidationError) -> RequestValidationError:
     return RequestValidationError(errors)
 
 
+def _check_size(data: Any) -> None:
+    """422 for a body with more fields, or a list with more items, than MAX_JSON_ITEMS: validating
+    millions of them would take the API's time and memory."""
+    if isinstance(data, (list, dict)) and len(data) > MAX_JSON_ITEMS:
+        message = f"the body has {len(data)} items; a request has at most {MAX_JSON_ITEMS}"
+        raise ApiError(422, "validation_error", message)
+    for name, value in data.items() if isinstance(data, dict) else ():
+        if isinstance(value, (list, dict)) and len(value) > MAX_JSON_ITEMS:
+            message = f"{name[:64]}: {len(value)} items; a request has at most {MAX_JSON_ITEMS}"
+            raise ApiError(422, "validation_error", message)
+
+
 async def _read_json(request: Request, model: type[BaseModel], image_field: str):
     raw = await request.body()
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ApiError(422, "validation_error", "the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(422, "validation_error", "the body is not valid JSON") from None
+    _check_size(data)
     try:
         body = model.model_validate(data)
     except ValidationError as exc:

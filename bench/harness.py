@@ -93,6 +93,7 @@ class BenchStack:
             BIOFLEET_STATE_DIR=str(self.root / "state"),
             BIOFLEET_LOG_LEVEL=log_level,
             BIOFLEET_WORKER_METRICS_PORT="0",
+            BIOFLEET_METRICS_PORT="0",  # no fixed port: several stacks may run at once
             BIOFLEET_RATE_LIMIT_REQUESTS="0",  # measure the API itself, not the per-key policy
             PYTHONUNBUFFERED="1",
         )

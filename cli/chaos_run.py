@@ -37,7 +37,10 @@ WORKER_SETTINGS = {
     "MAX_JOB_ATTEMPTS": "50",
     "WORKER_METRICS_PORT": "0",
     "DETECTOR_UPSAMPLE": "0",
+    "CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32",  # the run's own receivers
 }
+TENANTS = ("chaos", "chaos-b")  # slow callbacks are spread over both
+CALLBACK_DRAIN_S = 300.0  # how long to wait for the outbox to drain once every job is final
 
 
 @dataclass
@@ -50,6 +53,9 @@ class ChaosOptions:
     rate: float = 8.0  # submissions per second
     drain_timeout_s: float = 600.0
     keep: bool = False
+    idle_phases: bool = False  # a 30 s pause with a Redis restart inside, then 1 job/s for a while
+    heavy_jobs: int = 0  # enrollments of ten 5000x5000 images, mixed in
+    slow_callbacks: int = 0  # jobs whose callback goes to a receiver that trickles its answer
 
 
 @dataclass
@@ -59,14 +65,23 @@ class ChaosReport:
     failed: Counter = field(default_factory=Counter)  # error code -> jobs
     lost: int = 0
     duplicated: int = 0
+    callbacks_expected: int = 0  # accepted jobs whose callback goes to the fast receiver
+    callbacks_delivered: int = 0  # of those, jobs with a delivery that verified
+    forged: int = 0  # deliveries whose signature did not verify for their tenant
     events: list[str] = field(default_factory=list)  # what was done to the stack, in order
 
+    def codes(self) -> str:
+        return ", ".join(f"{code} {n}" for code, n in sorted(self.failed.items())) or "none"
+
     def line(self) -> str:
-        codes = ", ".join(f"{code} {n}" for code, n in sorted(self.failed.items())) or "none"
         return (
-            f"accepted {self.accepted}, succeeded {self.succeeded}, failed {sum(self.failed.values())} ({codes}), "
-            f"lost {self.lost}, duplicated {self.duplicated}"
+            f"accepted {self.accepted}, succeeded {self.succeeded}, failed {sum(self.failed.values())}, "
+            f"lost {self.lost}, duplicated {self.duplicated}, callbacks expected {self.callbacks_expected}, "
+            f"delivered {self.callbacks_delivered}, forged {self.forged}"
         )
+
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.forged or self.callbacks_delivered < self.callbacks_expected)
 
 
 # --- the workload ------------------------------------------------------------------------------
@@ -116,6 +131,70 @@ def workload(count: int, faces_dir: Path, seed: int = 7) -> list:
     return requests
 
 
+HEAVY_SIDE = 5000  # heavy images are HEAVY_SIDE x HEAVY_SIDE
+HEAVY_IMAGES = 10  # per heavy enrollment
+
+
+def heavy_images(faces_dir: Path, count: int = HEAVY_IMAGES, seed: int = 11) -> list[bytes]:
+    """count JPEGs of HEAVY_SIDE x HEAVY_SIDE: smooth noise with a real face (~1200 px) pasted in
+    (a grey square when the faces are absent), each different, the same on every run."""
+    from PIL import Image
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    faces = sorted((faces_dir / "lfw_colour").glob("*/*.jpg")) if (faces_dir / "lfw_colour").is_dir() else []
+    images = []
+    for k in range(count):
+        noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        canvas = Image.fromarray(noise).resize((HEAVY_SIDE, HEAVY_SIDE), Image.Resampling.BICUBIC)
+        face = Image.open(faces[k % len(faces)]).convert("RGB") if faces else Image.new("RGB", (250, 250), (128, 128, 128))
+        side = int(rng.integers(1000, 1400))
+        canvas.paste(face.resize((side, side), Image.Resampling.BICUBIC),
+                     (int(rng.integers(0, HEAVY_SIDE - side)), int(rng.integers(0, HEAVY_SIDE - side))))  # fmt: skip
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="JPEG", quality=80)
+        images.append(buffer.getvalue())
+    return images
+
+
+def with_heavy_jobs(requests: list, count: int, faces_dir: Path) -> list:
+    """requests with count of them, evenly spread after the first third, replaced by heavy
+    enrollments (the same HEAVY_IMAGES images each, their own subject)."""
+    from shared.jobs import JobRequest
+
+    if count <= 0 or not requests:
+        return requests
+    images = tuple(heavy_images(faces_dir))
+    requests = list(requests)
+    first = len(requests) // 3
+    for k in range(count):
+        at = first + (len(requests) - first) * k // count
+        requests[at] = JobRequest(kind="enroll", images=images, subject_id=f"chaos-heavy-{k}")
+    return requests
+
+
+IDLE_S = 30.0  # the pause
+SLOW_JOBS = 20  # submitted at 1 job/s after the pause
+
+
+def submission_times(count: int, rate: float, idle_phases: bool) -> tuple[list[float], float | None]:
+    """Seconds from the start at which each job is submitted, and the start of the pause (None
+    without --idle-phases): a third of the jobs at `rate`, a pause of IDLE_S, SLOW_JOBS at 1 job/s,
+    then the rest at `rate`."""
+    if not idle_phases:
+        return [i / rate for i in range(count)], None
+    first = count // 3
+    slow = min(SLOW_JOBS, count - first)
+    times = [i / rate for i in range(first)]
+    pause_at = first / rate
+    resume = pause_at + IDLE_S
+    times += [resume + i for i in range(slow)]
+    after = resume + slow
+    times += [after + i / rate for i in range(count - first - slow)]
+    return times, pause_at
+
+
 # --- the stack ---------------------------------------------------------------------------------
 
 
@@ -130,6 +209,7 @@ class Stack:
         self.database_url = ""
         self.blob_url = ""
         self.workers: list = []  # Popen, newest last
+        self.dispatcher = None  # the callback dispatcher's Popen
         self.started = 0
         self.env: dict = {}
 
@@ -147,10 +227,13 @@ class Stack:
                 "STATE_DIR": str(self.root / "state")}  # fmt: skip
         self.env = {**os.environ, **{f"BIOFLEET_{k}": v for k, v in {**urls, **WORKER_SETTINGS}.items()}}
         self.env["PYTHONUNBUFFERED"] = "1"
-        os.environ.update({f"BIOFLEET_{k}": v for k, v in urls.items()})  # this process's submit path
+        submit_env = {**urls, "CALLBACK_ALLOWED_NETWORKS": WORKER_SETTINGS["CALLBACK_ALLOWED_NETWORKS"]}
+        os.environ.update({f"BIOFLEET_{k}": v for k, v in submit_env.items()})  # this process's submit path
         _clear_caches()
         for _ in range(self.worker_count):
             self.start_worker()
+        self.dispatcher = stack.start_process([sys.executable, "-m", "worker", "--callbacks"], self.env,
+                                              self.root / "callbacks.log")  # fmt: skip
         stack.wait_worker_ready(self.redis_url, WORKER_READY_TIMEOUT_S, min_workers=self.worker_count)
 
     def start_worker(self):
@@ -192,8 +275,8 @@ class Stack:
     def stop(self) -> None:
         from shared import stack
 
-        for proc in self.workers:
-            if proc.poll() is None:
+        for proc in [*self.workers, self.dispatcher]:
+            if proc is not None and proc.poll() is None:
                 stack.stop_process(proc, timeout=20)
         if self.valkey is not None:
             stack.stop_process(self.valkey, timeout=10)
@@ -217,9 +300,12 @@ def _clear_caches() -> None:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def submit_all(stack: Stack, requests: list, rate: float, stop: threading.Event, progress) -> list[str]:
-    """Submit every request at `rate` per second, retrying one that is refused (Redis or Postgres
-    away) with the same Idempotency-Key until it is accepted. Returns the accepted job ids."""
+def submit_all(stack: Stack, requests: list, times: list[float], stop: threading.Event, progress, tenants=None,
+               placed=None) -> list[str]:
+    """Submit each request at its time (seconds from the start), retrying one that is refused
+    (Redis or Postgres away) with the same Idempotency-Key until it is accepted. Returns the
+    accepted job ids. tenants: a tenant name per request (default: all "chaos"); placed, a list:
+    gets (index, job id)."""
     from shared.blob import open_blob_store
     from shared.celery_app import get_celery
     from shared.db.session import session_scope
@@ -229,17 +315,20 @@ def submit_all(stack: Stack, requests: list, rate: float, stop: threading.Event,
 
     settings = get_settings()
     with session_scope(stack.database_url) as session:
-        tenant_id = get_or_create_tenant(session, "chaos")
+        tenant_ids = {name: get_or_create_tenant(session, name) for name in set(tenants or ["chaos"])}
     blobs = open_blob_store(stack.blob_url)
     accepted = []
     start = time.monotonic()
     for index, request in enumerate(requests):
-        time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        time.sleep(max(0.0, start + times[index] - time.monotonic()))
         while not stop.is_set():
             try:
+                tenant_id = tenant_ids[tenants[index] if tenants else "chaos"]
                 submitted = submit_job(tenant_id, request, blobs, get_celery(), stack.database_url, settings,
                                        idempotency_key=f"chaos-{index}")  # fmt: skip
                 accepted.append(str(submitted.job.id))
+                if placed is not None:
+                    placed.append((index, str(submitted.job.id)))
                 break
             except SubmitError as exc:
                 if exc.code not in ("queue_unavailable", "storage_unavailable"):
@@ -313,13 +402,19 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
     try:
         console.print(f"starting the stack and {options.workers} workers in {root}")
         stack.start()
-        requests = workload(options.jobs, get_settings().faces_dir)
-        load_s = options.jobs / options.rate
+        faces_dir = get_settings().faces_dir
+        requests = with_heavy_jobs(workload(options.jobs, faces_dir), options.heavy_jobs, faces_dir)
+        receivers = start_receivers(stack.database_url)
+        requests, tenants, slow = with_callbacks(requests, receivers, options.slow_callbacks)
+        times, pause_at = submission_times(len(requests), options.rate, options.idle_phases)
+        load_s = times[-1] if times else 0.0
         accepted: list[str] = []
+        placed: list[tuple[int, str]] = []
         state = {"submitted": 0}
 
         def load() -> None:
-            accepted.extend(submit_all(stack, requests, options.rate, stop, lambda n: state.update(submitted=n)))
+            accepted.extend(submit_all(stack, requests, times, stop, lambda n: state.update(submitted=n),
+                                       tenants=tenants, placed=placed))  # fmt: skip
 
         submitter = threading.Thread(target=load, name="submit", daemon=True)
         submitter.start()
@@ -327,10 +422,15 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         plan = []  # (at seconds, action name)
         if options.kill_every_s > 0:
             plan += [(t, "kill") for t in _steps(options.kill_every_s, load_s)]
-        if options.restart_redis:
+        if options.restart_redis and pause_at is None:
             plan.append((load_s / 3, "redis"))
+        elif options.restart_redis:  # under load: in the last phase, after the pause and the slow jobs
+            busy_again = times[min(len(times) - 1, len(times) // 3 + SLOW_JOBS)]
+            plan.append(((busy_again + load_s) / 2, "redis"))
         if options.restart_postgres:
             plan.append((2 * load_s / 3, "postgres"))
+        if pause_at is not None:
+            plan.append((pause_at + IDLE_S / 2, "redis"))  # inside the pause: no job in flight
         for at, action in sorted(plan):
             while time.monotonic() - started < at and submitter.is_alive():
                 time.sleep(0.1)
@@ -347,6 +447,15 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
                 break
             time.sleep(5)
         report.lost = pending
+        expected = [job_id for index, job_id in placed if index not in slow]
+        report.callbacks_expected = len(expected)
+        deadline = time.monotonic() + CALLBACK_DRAIN_S
+        while receivers.delivered(expected) < len(expected) and time.monotonic() < deadline:
+            console.print(f"[{time.monotonic() - started:6.1f} s] callbacks {receivers.delivered(expected)}/{len(expected)}")
+            time.sleep(5)
+        report.callbacks_delivered = receivers.delivered(expected)
+        report.forged = receivers.forged
+        receivers.close()
         time.sleep(2)  # let the last log lines reach the files
         report.duplicated = len(duplicated_jobs(stack.database_url, stack.worker_logs()))
     finally:
@@ -357,6 +466,35 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         else:
             shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def start_receivers(database_url: str):
+    """The run's callback receivers (cli.chaos_callbacks), knowing each tenant's secret."""
+    from cli.chaos_callbacks import Receivers
+    from shared.db.session import session_scope
+    from shared.keys import get_or_create_tenant
+    from shared.webhooks import ensure_secret
+
+    with session_scope(database_url) as session:
+        secrets = {name: ensure_secret(session, get_or_create_tenant(session, name)) for name in TENANTS}
+    return Receivers(secrets)
+
+
+def with_callbacks(requests: list, receivers, slow_count: int) -> tuple[list, list[str], set[int]]:
+    """Every request with a callback_url: slow_count of them, spread evenly over the run and
+    alternating between the two tenants, to the trickling receiver; the rest to the fast one.
+    Returns (requests, tenant name per request, indices of the slow ones)."""
+    from dataclasses import replace
+
+    step = max(1, len(requests) // max(1, slow_count))
+    slow = {min(len(requests) - 1, step // 2 + i * step) for i in range(min(slow_count, len(requests)))}
+    tenants, out = [], []
+    for index, request in enumerate(requests):
+        tenant = TENANTS[sorted(slow).index(index) % 2] if index in slow else TENANTS[0]
+        url = receivers.slow_url(tenant) if index in slow else receivers.fast_url(tenant)
+        tenants.append(tenant)
+        out.append(replace(request, callback_url=url))
+    return out, tenants, slow
 
 
 def _steps(every_s: float, until_s: float) -> list[float]:

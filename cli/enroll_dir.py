@@ -5,7 +5,8 @@ images, sent with an Idempotency-Key derived from the subject, its images and it
 number, so a job submitted before an interruption is found again, never enrolled twice. A state
 file (JSON lines) records each subject's job and final status: a rerun skips subjects that
 succeeded, waits for the ones it submitted, and retries the ones that failed. Submission waits
-while the API reports more than --max-queue enroll messages (backpressure).
+while the queue depth exporter (--depth-url, shared/exporter.py) reports more than --max-queue
+enroll messages (backpressure).
 """
 
 import csv
@@ -143,10 +144,14 @@ def idempotency_key(subject: SubjectSource, attempt: int) -> str:
 # --- the API side ----------------------------------------------------------------------------
 
 
-def enroll_queue_depth(http) -> float | None:
-    """biofleet_queue_depth{queue="enroll"} from the API's /metrics, or None when unreadable."""
+def enroll_queue_depth(depth_url: str | None) -> float | None:
+    """biofleet_queue_depth{queue="enroll"} from the depth exporter, or None when unreadable."""
+    import httpx
+
+    if not depth_url:
+        return None
     try:
-        text = http.get("/metrics").text
+        text = httpx.get(depth_url, timeout=5).text
     except Exception:
         return None
     for line in text.splitlines():
@@ -159,8 +164,8 @@ class Enroller:
     """Submits one subject's enroll job and waits for it, recording both in the state file."""
 
     def __init__(self, http, root: str, state: StateFile, tally: Tally, max_queue: int, stop: threading.Event,
-                 timeout: float, advance):  # fmt: skip
-        self.http, self.root, self.state, self.tally = http, root, state, tally
+                 timeout: float, advance, depth_url: str | None = None):  # fmt: skip
+        self.http, self.root, self.state, self.tally, self.depth_url = http, root, state, tally, depth_url
         self.max_queue, self.stop, self.timeout, self.advance = max_queue, stop, timeout, advance
         self.room = threading.Lock()
         self.checked_at = 0.0  # when the depth was last read below the bound
@@ -170,7 +175,7 @@ class Enroller:
             while not self.stop.is_set():
                 if time.monotonic() - self.checked_at < 1.0:
                     return
-                depth = enroll_queue_depth(self.http)
+                depth = enroll_queue_depth(self.depth_url)
                 if depth is None or depth < self.max_queue:
                     self.checked_at = time.monotonic()
                     return
@@ -275,13 +280,15 @@ def write_failures(path: Path, failures: list[dict]) -> None:
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Subjects in flight.")
 @click.option("--max-queue", default=200, show_default=True, type=click.IntRange(min=1),
               help="Wait while the enroll queue holds this many messages.")  # fmt: skip
+@click.option("--depth-url", default=None,
+              help="The queue depth exporter's /metrics (default: the running stack's).")  # fmt: skip
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="State file (default: under the state dir, named after ROOT).")  # fmt: skip
 @click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="CSV of failures (default: beside the state file).")  # fmt: skip
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for one job.")
-def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queue: int, state_path, failures_path,
-               timeout: float) -> None:  # fmt: skip
+def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queue: int, depth_url, state_path,
+               failures_path, timeout: float) -> None:  # fmt: skip
     """Enroll ROOT/<subject>/<images> (a folder or s3://bucket/prefix) through the API, resumably.
 
     Shows a progress bar, ends with a summary table and a CSV of failures with their codes. The
@@ -294,6 +301,7 @@ def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queu
     settings = get_settings()
     stack = read_stack_file(settings.state_dir)
     api_url = api_url or stack.get("api_url") or f"http://{settings.api_host}:{settings.api_port}"
+    depth_url = depth_url or stack.get("depth_url")
     key = key or (stack.get("api_key_file") and Path(stack["api_key_file"]).read_text().strip())
     if not key:
         raise click.ClickException("no API key: pass --key or start the stack with `biofleet up`")
@@ -324,7 +332,7 @@ def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queu
             rate = (tally.enrolled + tally.failed) / max(time.monotonic() - started, 1e-6)
             progress.update(bar, advance=1, images=tally.images, failed=tally.failed, rate=f"{rate:.1f}")
 
-        enroller = Enroller(http, root, state, tally, max_queue, stop, timeout, advance)
+        enroller = Enroller(http, root, state, tally, max_queue, stop, timeout, advance, depth_url)
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="enroll")
         futures = [pool.submit(enroller.run, subject) for subject in todo]
         try:

@@ -3,7 +3,7 @@ they import heavy libraries (torch, dlib, celery) inside the command, so `biofle
 
 import click
 
-from cli import autoscale, calibrate, chaos, enroll_dir, face, gallery, privacy, stack, workload
+from cli import autoscale, calibrate, chaos, enroll_dir, face, gallery, privacy, stack, webhooks, workload
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -11,7 +11,7 @@ def cli() -> None:
     """biofleet: face enrollment, verification and identification jobs."""
 
 
-for module in (autoscale, calibrate, chaos, enroll_dir, face, gallery, privacy, stack, workload):
+for module in (autoscale, calibrate, chaos, enroll_dir, face, gallery, privacy, stack, webhooks, workload):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -18,7 +18,7 @@ import click
 
 from shared.services import STACK_FILE, read_stack_file
 
-APP_PROCESSES = ("api", "worker", "flower")  # stopped first, in this order
+APP_PROCESSES = ("api", "worker", "callbacks", "flower", "exporter")  # stopped first, in this order
 API_READY_TIMEOUT_S = 90.0
 WORKER_READY_TIMEOUT_S = 300.0  # the worker loads and warms up the face model first
 WORKER_STOP_TIMEOUT_S = 60.0  # a running batch finishes, buffered messages go back
@@ -182,9 +182,14 @@ def stack_up(settings, say=print) -> dict:
     """Start what is not running yet; return the stack description written to stack.json."""
     from shared import stack as services
     from shared.db.migrate import upgrade
+    from shared.safety import UnsafeSettings, refuse_default_secrets
     from shared.services import ServiceUrls
 
     check_entry_points()
+    try:  # before anything starts
+        refuse_default_secrets(settings, "biofleet up", ("flower_password",))
+    except UnsafeSettings as exc:
+        raise click.ClickException(str(exc)) from None
     state = settings.state_dir.resolve()
     settings = settings.model_copy(update={"state_dir": state})
     (state / "logs").mkdir(parents=True, exist_ok=True)
@@ -210,6 +215,12 @@ def stack_up(settings, say=print) -> dict:
         "metrics_url": (
             f"http://127.0.0.1:{settings.worker_metrics_port}/metrics" if settings.worker_metrics_port else None
         ),
+        "api_metrics_url": (
+            f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else None
+        ),
+        "depth_url": (
+            f"http://{settings.metrics_host}:{settings.exporter_port}/metrics" if settings.exporter_port else None
+        ),
     }
     # App processes started with other service URLs or ports are restarted.
     fingerprint = [redis_url, database_url, blob_url, *endpoints.values()]
@@ -227,10 +238,14 @@ def stack_up(settings, say=print) -> dict:
     if not running(stack, "api"):
         if not services.port_is_free(settings.api_port, settings.api_host):
             raise click.ClickException(f"port {settings.api_port} is in use: set BIOFLEET_API_PORT")
+        if settings.metrics_port and not services.port_is_free(settings.metrics_port, settings.metrics_host):
+            raise click.ClickException(f"port {settings.metrics_port} is in use: set BIOFLEET_METRICS_PORT")
         start_app_process("api", [sys.executable, "-m", "api"], env, settings, stack, say)
     if not running(stack, "worker"):
         proc = start_app_process("worker", [sys.executable, "-m", "worker"], env, settings, stack, say)
         services.wait_worker_ready(redis_url, WORKER_READY_TIMEOUT_S, proc=proc)
+    if not running(stack, "callbacks"):  # the callback dispatcher: never in an inference process
+        start_app_process("callbacks", [sys.executable, "-m", "worker", "--callbacks"], env, settings, stack, say)
     if not running(stack, "flower"):
         if not services.port_is_free(settings.flower_port):
             raise click.ClickException(f"port {settings.flower_port} is in use: set BIOFLEET_FLOWER_PORT")
@@ -242,9 +257,16 @@ def stack_up(settings, say=print) -> dict:
             f"--port={settings.flower_port}", "--address=127.0.0.1",
         ]  # fmt: skip
         start_app_process("flower", args, flower_env, settings, stack, say)
+    if settings.exporter_port and not running(stack, "exporter"):
+        if not services.port_is_free(settings.exporter_port, settings.metrics_host):
+            raise click.ClickException(f"port {settings.exporter_port} is in use: set BIOFLEET_EXPORTER_PORT")
+        start_app_process("exporter", [sys.executable, "-m", "shared.exporter"], env, settings, stack, say)
 
     services.wait_http(stack["api_url"] + "/healthz", API_READY_TIMEOUT_S)
     services.wait_http(stack["flower_url"] + "/healthcheck", API_READY_TIMEOUT_S)
+    for name in ("api_metrics_url", "depth_url"):
+        if stack[name]:
+            services.wait_http(stack[name], API_READY_TIMEOUT_S)
     services.wait_worker_ready(redis_url, WORKER_READY_TIMEOUT_S)
     stack["api_key_file"] = str(state / KEY_FILE)
     stack["up_at"] = time.time()
@@ -299,7 +321,8 @@ def stack_status(settings) -> dict:
     }
     urls = {
         name: stack.get(name)
-        for name in ("api_url", "flower_url", "metrics_url", "redis_url", "database_url", "blob_url")
+        for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url",
+                     "database_url", "blob_url")
     }
     redis_url = settings.redis_url or urls["redis_url"]
     urls["redis_url"] = redis_url
@@ -331,7 +354,8 @@ def _console():
 
 @click.command()
 def up() -> None:
-    """Start the embedded stack (valkey, Postgres, API, worker, Flower) unless it runs already."""
+    """Start the embedded stack (valkey, Postgres, API, worker, callback dispatcher, Flower) unless
+    it runs already."""
     from rich.table import Table
 
     from shared.settings import get_settings
@@ -349,7 +373,8 @@ def up() -> None:
     table = Table(title="biofleet is up", show_header=False)
     table.add_column("what")
     table.add_column("where", overflow="fold")
-    for name in ("api_url", "flower_url", "metrics_url", "redis_url", "database_url", "blob_url"):
+    for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url", "database_url",
+                 "blob_url"):
         table.add_row(name.removesuffix("_url"), str(redact(stack.get(name))))
     table.add_row("flower login", f"{settings.flower_user} (password: BIOFLEET_FLOWER_PASSWORD)")
     table.add_row("logs", str(settings.state_dir.resolve() / "logs"))
@@ -438,6 +463,7 @@ def create_key(tenant: str) -> None:
     with session_scope(_database_url()) as session:
         key = create_api_key(session, tenant)
     click.echo(key)
+    click.echo(f"callbacks are signed with the tenant's secret: biofleet webhooks secret --tenant {tenant}", err=True)
 
 
 @keys.command("revoke")

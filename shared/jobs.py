@@ -5,8 +5,11 @@ validate(request, settings) -> None, or SubmitError with a stable code.
 submit_job(tenant_id, request, blobs, celery, database_url, settings, idempotency_key=None)
     -> Submitted(job, created).
     With an idempotency key, the same key and the same request give back the first job
-    (created=False); the same key with another request raises IdempotencyConflict. When the broker
-    cannot take the message, the row and the images are removed and QueueUnavailable is raised.
+    (created=False) once its message is on the queue: a replay that comes while the first request
+    is still publishing waits up to REPLAY_WAIT_S, then raises IdempotencyInProgress (so it never
+    returns a job that can still be removed). The same key with another request raises
+    IdempotencyConflict. When the broker cannot take the message, the row and the images are
+    removed (unless a worker has already taken the job) and QueueUnavailable is raised.
 job_json(job) -> dict: the public JSON of a job row (GET /v1/jobs/{id}, callbacks).
 find_job(session, tenant_id, job_id) -> Job | None.
 """
@@ -15,11 +18,12 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from shared.blob import BlobStore
@@ -39,6 +43,8 @@ MESSAGE_MAX_IMAGES = 10  # JobMessage.blob_keys max_length
 SUBJECT_KINDS = ("enroll", "verify", "reenroll")
 # Short, bounded retries: a client waiting on a 202 should get a 503 quickly when Redis is down.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+REPLAY_WAIT_S = 2.0  # how long a replay waits for the first request's publish
+REPLAY_POLL_S = 0.05
 
 
 class SubmitError(Exception):
@@ -53,6 +59,12 @@ class SubmitError(Exception):
 class IdempotencyConflict(SubmitError):
     def __init__(self):
         super().__init__("idempotency_conflict", "this Idempotency-Key was used with a different request")
+
+
+class IdempotencyInProgress(SubmitError):
+    def __init__(self):
+        message = "a request with this Idempotency-Key is still being accepted; retry"
+        super().__init__("idempotency_in_progress", message)
 
 
 class QueueUnavailable(SubmitError):
@@ -129,6 +141,8 @@ def validate(request: JobRequest, settings: Settings) -> None:
 
 
 def is_callback_url(url: str) -> bool:
+    if not url.isprintable():  # NUL, control characters, lone surrogates: Postgres cannot store some
+        return False
     try:
         parsed = urlparse(url)
     except ValueError:
@@ -151,12 +165,14 @@ def submit_job(
 ) -> Submitted:
     """Store the images, insert the queued job row, publish its message. See the module docstring."""
     validate(request, settings)
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
-        raise SubmitError("bad_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+    if idempotency_key is not None and not (
+        1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
+    ):
+        message = f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"
+        raise SubmitError("bad_idempotency_key", message)
     digest = request.request_hash()
     if idempotency_key is not None:
-        with session_scope(database_url) as session:
-            earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
+        earlier = _settled_by_key(database_url, tenant_id, idempotency_key)
         if earlier is not None:
             return _replay(earlier, digest)
 
@@ -172,17 +188,17 @@ def submit_job(
                     subject_external_id=request.subject_id, top_k=request.top_k, cropped=request.cropped,
                     blob_keys=keys, callback_url=request.callback_url, attempts=0,
                     idempotency_key=idempotency_key, request_hash=digest,
+                    published=idempotency_key is None,  # a job with a key waits for its publish
                 )  # fmt: skip
                 .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
                 .returning(Job)
             ).first()
-            if job is None:  # another request with this key won the race
-                earlier = _by_idempotency_key(session, tenant_id, idempotency_key)
     except BaseException:
         _delete_all(blobs, keys)
         raise
-    if job is None:
+    if job is None:  # another request with this key won the race
         _delete_all(blobs, keys)
+        earlier = _settled_by_key(database_url, tenant_id, idempotency_key)
         if earlier is None:  # the winner's row was removed again: its publish failed
             raise QueueUnavailable()
         return _replay(earlier, digest)
@@ -190,14 +206,18 @@ def submit_job(
     try:
         publish(celery, message_for(job))
     except Exception as exc:
-        log.warning(
-            "publish failed; job removed",
-            extra={"job_id": str(job_id), "kind": request.kind, "error": type(exc).__name__},
-        )
-        with session_scope(database_url) as session:
-            session.execute(delete(Job).where(Job.id == job_id))
-        _delete_all(blobs, keys)
-        raise QueueUnavailable() from exc
+        if _unpublish(database_url, job_id):
+            log.warning(
+                "publish failed; job removed",
+                extra={"job_id": str(job_id), "kind": request.kind, "error": type(exc).__name__},
+            )
+            _delete_all(blobs, keys)
+            raise QueueUnavailable() from exc
+        # A worker has the job already: the message got through although the broker's answer did not.
+        log.warning("publish reported a failure but the job runs", extra={"job_id": str(job_id)})
+    if not job.published:
+        _mark_published(database_url, job_id)
+        job.published = True
     log.info(
         "job queued",
         extra={"job_id": str(job_id), "tenant_id": str(tenant_id), "kind": request.kind, "images": len(keys)},
@@ -268,9 +288,47 @@ def _by_idempotency_key(session, tenant_id: uuid.UUID, key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
 
 
+def _settled(job: Job) -> bool:
+    """True when the job can no longer be removed by its submitter: published, or taken by a worker."""
+    return job.published or job.status != "queued"
+
+
+def _settled_by_key(database_url: str, tenant_id: uuid.UUID, key: str) -> Job | None:
+    """The job with this key, waiting up to REPLAY_WAIT_S while its submitter still publishes it.
+    None when there is none (or it was removed while waiting); an unsettled job after the wait."""
+    deadline = time.monotonic() + REPLAY_WAIT_S
+    while True:
+        with session_scope(database_url) as session:
+            earlier = _by_idempotency_key(session, tenant_id, key)
+        if earlier is None or _settled(earlier) or time.monotonic() >= deadline:
+            return earlier
+        time.sleep(REPLAY_POLL_S)
+
+
+def _unpublish(database_url: str, job_id: uuid.UUID) -> bool:
+    """Remove a job whose publish failed, unless a worker took it meanwhile; True when removed."""
+    with session_scope(database_url) as session:
+        removed = session.execute(
+            delete(Job).where(Job.id == job_id, Job.status == "queued").returning(Job.id)
+        ).first()
+    return removed is not None
+
+
+def _mark_published(database_url: str, job_id: uuid.UUID) -> None:
+    """Let replays return the job. If Postgres fails here the job still runs, and replays see it
+    once a worker has taken it."""
+    try:
+        with session_scope(database_url) as session:
+            session.execute(update(Job).where(Job.id == job_id).values(published=True))
+    except Exception as exc:
+        log.warning("job not marked published", extra={"job_id": str(job_id), "error": type(exc).__name__})
+
+
 def _replay(earlier: Job, digest: str) -> Submitted:
     if earlier.request_hash != digest:
         raise IdempotencyConflict()
+    if not _settled(earlier):
+        raise IdempotencyInProgress()
     return Submitted(job=earlier, created=False)
 
 

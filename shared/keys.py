@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey, Tenant, new_id
+from shared.webhooks import new_secret
 
 KEY_PREFIX = "bf_"
 SHOWN_CHARS = 12  # how much of a key the prefix column keeps, to tell keys apart
@@ -26,11 +27,14 @@ def hash_key(key: str) -> str:
 
 
 def get_or_create_tenant(session: Session, name: str) -> uuid.UUID:
-    """The id of the tenant called name, created if missing (safe under concurrent callers)."""
+    """The id of the tenant called name, created if missing with its webhook signing secret (safe
+    under concurrent callers)."""
     if not name or len(name) > 200:
         raise ValueError("tenant name must be 1-200 characters")
     session.execute(
-        insert(Tenant).values(id=new_id(), name=name).on_conflict_do_nothing(index_elements=["name"])
+        insert(Tenant)
+        .values(id=new_id(), name=name, webhook_secret=new_secret())
+        .on_conflict_do_nothing(index_elements=["name"])
     )
     return session.execute(select(Tenant.id).where(Tenant.name == name)).scalar_one()
 

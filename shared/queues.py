@@ -4,18 +4,17 @@ VERIFY = "verify"
 ENROLL = "enroll"
 IDENTIFY = "identify"
 REENROLL = "reenroll"
-CALLBACKS = "callbacks"
 
 JOB_QUEUES = (VERIFY, ENROLL, IDENTIFY, REENROLL)
-ALL_QUEUES = JOB_QUEUES + (CALLBACKS,)
+ALL_QUEUES = JOB_QUEUES
 
 # One batch task consumes every job queue, so one forward pass serves all kinds in a batch.
 RUN_JOBS_TASK = "biofleet.run_jobs"
-CALLBACK_TASK = "biofleet.post_callback"
+# Callbacks have no queue here: the outbox table is theirs (shared.outbox, worker.dispatcher).
 
 # The order a worker consumes its queues in (Redis queue_order_strategy "priority"): a message
 # waiting in an earlier queue is taken first: bulk reenroll is consumed when the others are empty.
-CONSUME_ORDER = (VERIFY, IDENTIFY, ENROLL, CALLBACKS, REENROLL)
+CONSUME_ORDER = (VERIFY, IDENTIFY, ENROLL, REENROLL)
 
 # The queue a job kind goes to.
 QUEUE_FOR_KIND = {"verify": VERIFY, "enroll": ENROLL, "identify": IDENTIFY, "reenroll": REENROLL}

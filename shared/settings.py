@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     max_top_k: int = 100
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Prometheus endpoints on their own ports, never behind the ingress: the API's (`python -m api`)
+    # on metrics_port and the queue depth exporter's (`python -m shared.exporter`) on exporter_port,
+    # both on metrics_host; 0 turns one off. metrics_route also serves GET /metrics on api_port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9101
+    exporter_port: int = 9110
+    metrics_route: bool = False
 
     # Batching worker.
     batch_size: int = Field(32, ge=1)  # celery-batches flush_every
@@ -60,15 +67,30 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 900
     db_retry_s: float = 60.0  # how long a batch waits for Postgres before handing its jobs back
     max_job_attempts: int = Field(5, ge=1)  # deliveries of one job before it fails (worker crashes)
+    # A job whose process died this many times while it ran alone fails with worker_crash.
+    max_crashes_alone: int = Field(2, ge=1)
+    # Decoded pixels one pipeline pass holds (each image counted from its header: its working copy,
+    # at most detect_max_side on the longest side, and its face's chip-scale pixels,
+    # FacePipeline.decoded_pixels): a batch over it runs in parts, a job's images never split.
+    batch_pixel_budget: int = Field(32_000_000, ge=1)
     fetch_threads: int = Field(8, ge=1)  # parallel blob reads per batch
+    # Tests only, empty (off) in service: a pool process SIGKILLs itself, as an OOM kill would, on
+    # an image whose bytes contain this marker.
+    crash_marker: str = ""
 
     # Retention and callbacks.
     probe_retention_s: int = 0  # verify/identify images are deleted once their job is final
     enrollment_retention_days: int = 365  # kept for re-enrollment on a model change
-    callback_secret: str = "change-me"
-    callback_max_attempts: int = 6
-    callback_timeout_s: float = 5.0
-    # Callback hosts resolving into private, loopback or link-local networks are refused unless
+    # Callbacks: sent from the outbox by the callback dispatcher (`python -m worker --callbacks`),
+    # signed with each tenant's own secret (Standard Webhooks).
+    callback_max_attempts: int = Field(6, ge=1)
+    callback_deadline_s: float = Field(10.0, gt=0)  # the whole request: connect, TLS, send, receive
+    callback_max_response_bytes: int = Field(4096, ge=1)  # of a receiver's answer, read at most
+    callback_concurrency: int = Field(32, ge=1)  # posts in flight per dispatcher process
+    callback_tenant_concurrency: int = Field(4, ge=1)  # posts in flight per tenant, across dispatchers
+    callback_poll_interval_s: float = Field(0.5, gt=0)  # how often the dispatcher looks for due rows
+    callback_secret_grace_s: int = Field(86400, ge=0)  # a rotated-out secret keeps signing this long
+    # Callback hosts resolving to addresses that are not globally routable are refused unless
     # inside one of these comma-separated networks (e.g. "127.0.0.0/8,10.1.0.0/16").
     callback_allowed_networks: str = ""
     retention_interval_s: int = 3600  # how often a worker runs retention; 0 turns it off
@@ -82,6 +104,13 @@ class Settings(BaseSettings):
     # Per-API-key rate limit: at most rate_limit_requests per rate_limit_window_s; 0 turns it off.
     rate_limit_requests: int = Field(1000, ge=0)
     rate_limit_window_s: int = Field(10, ge=1)
+    # Per client address: after auth_failure_limit requests with a missing, unknown or revoked key in
+    # auth_failure_window_s, 429 before any key lookup until the window ends; 0 turns it off.
+    auth_failure_limit: int = Field(30, ge=0)
+    auth_failure_window_s: int = Field(60, ge=1)
+    # Addresses whose X-Forwarded-For is trusted for the client address (uvicorn's
+    # forwarded_allow_ips): the load balancer's, or "*" when only it can reach the API.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     # Flower.
     flower_port: int = 5555

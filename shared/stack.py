@@ -240,7 +240,7 @@ def start_postgres(data_dir: Path) -> str:
 def _create_vector_extension(url: str) -> None:
     from sqlalchemy import create_engine, pool, text
 
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     try:
         with engine.begin() as connection:
             connection.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))

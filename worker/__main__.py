@@ -1,4 +1,6 @@
-"""`python -m worker`: the Celery worker (as `celery -A worker.app worker`) on every queue.
+"""`python -m worker`: the inference worker, a Celery worker (as `celery -A worker.app worker`) on
+every job queue. `python -m worker --callbacks`: the callback dispatcher (worker.dispatcher)
+instead, a process of its own that never runs inference.
 
 Prefork pool of settings.worker_concurrency processes, task events on (Flower), no mingle or
 gossip, node name biofleet-<pid>@<host>, log level from settings. Extra arguments are passed on to Celery.
@@ -8,6 +10,8 @@ import os
 import sys
 
 from shared.queues import CONSUME_ORDER
+
+CALLBACKS_FLAG = "--callbacks"
 from shared.settings import get_settings
 
 
@@ -29,9 +33,18 @@ def worker_argv(extra: list[str] | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if CALLBACKS_FLAG in argv:
+        from shared.logs import configure_logging
+        from worker.dispatcher import main as dispatch
+
+        settings = get_settings()
+        configure_logging(settings.log_level, json=settings.log_json)
+        dispatch(settings)
+        return
     from worker.app import app
 
-    app.worker_main(worker_argv(sys.argv[1:] if argv is None else argv))
+    app.worker_main(worker_argv(argv))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def load_runtime(settings: Settings) -> Runtime:
         cache_dir=settings.model_cache_dir,
         detect_max_side=settings.detect_max_side,
     )
+    from worker.suspects import Suspects
     from worker.variants import MultiEmbedder, VersionBook
 
     pipeline.embedder = TimedEmbedder(MultiEmbedder(pipeline.embedder))  # every version of this network
@@ -112,8 +113,8 @@ def load_runtime(settings: Settings) -> Runtime:
         model_version=settings.model_version,
         settings=settings,
         republish=tasks.republish,
-        enqueue_callback=tasks.enqueue_callback,
         versions=VersionBook(ARCHITECTURE, sha, settings.model_version, settings.match_threshold),
+        suspects=Suspects(urls.redis_url),
     )
 
 

@@ -5,8 +5,13 @@ run_batch(deliveries, runtime, batch_id=None) -> BatchReport:
   versions (runtime.versions: verify and identify use the active version, enroll writes the
   active one and every candidate, reenroll the version its message names) -> fetch their images
   from the blob store (thread pool) -> one FacePipeline.process call for every image of every job
-  (one per set of versions) -> compare (verify, identify) -> one transaction: templates and final
-  job statuses -> delete probe images -> queue callbacks.
+  (one per set of versions) -> compare (verify, identify) -> one transaction: templates, final
+  job statuses and callback outbox rows (shared.outbox) -> delete probe images.
+
+Suspects (jobs of a batch whose pool process died; worker.suspects) run after the others, each
+alone and committed before the next, so a job that kills its process fails alone, with
+worker_crash. Images go through the pipeline in parts of at most settings.batch_pixel_budget
+decoded pixels (from the image headers), a job's images never split across parts.
 
 Every job is decided on its own: an image error fails only its job, an unexpected error fails
 the jobs still undecided with internal_error. Only an unreachable Postgres (after retrying for
@@ -15,6 +20,8 @@ Writes are idempotent by job id: a job already final is never rewritten.
 """
 
 import logging
+import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,17 +36,20 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from shared import outbox
 from shared.blob import BlobNotFound, BlobStore
 from shared.db.models import FINAL_STATUSES, Job, Subject, Template
 from shared.db.session import session_scope
 from shared.messages import JobMessage
 from shared.settings import Settings
 from worker import compare, metrics
+from worker.face.decode import image_pixels
 from worker.face.types import FaceResult
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "internal_error"
+WORKER_CRASH = "worker_crash"  # the job's process died (OOM kill, segfault) each time it ran alone
 SUBJECT_NOT_FOUND = "subject_not_found"
 ENROLL_KINDS = ("enroll", "reenroll")  # reenroll: stored enrollment images, embedded again by this version
 PROBE_KINDS = ("verify", "identify")
@@ -68,10 +78,10 @@ class Runtime:
     model_version: str
     settings: Settings
     republish: Callable[[list[Delivery]], None]  # send these messages again, unchanged
-    enqueue_callback: Callable[[str], None]  # queue CALLBACK_TASK for a job id
     # worker.variants.VersionBook: the active version and the candidates, read per batch. None:
     # every job uses model_version.
     versions: Any = None
+    suspects: Any = None  # worker.suspects.Suspects; None: no job is ever run alone
 
 
 @dataclass
@@ -132,19 +142,61 @@ class BatchReport:
 
 
 def run_batch(deliveries: list[Delivery], runtime: Runtime, batch_id: str | None = None) -> BatchReport:
-    """Process one batch of messages end to end; see the module docstring."""
+    """Process one batch of messages end to end; see the module docstring. Suspects (jobs of a
+    batch whose process died, worker.suspects) run after the others, each alone."""
     report = BatchReport(batch_id=batch_id or str(uuid.uuid4()), received=len(deliveries))
     metrics.observe_batch(len(deliveries))
     messages = parse(deliveries, report)
     if not messages:
         return report
+    suspects = runtime.suspects.among([m.job_id for _, m in messages]) if runtime.suspects is not None else set()
+    units = [[pair for pair in messages if pair[1].job_id not in suspects]]
+    units += [[pair] for pair in messages if pair[1].job_id in suspects]
+    for index, unit in enumerate(units):
+        if not unit:
+            continue
+        if len(unit) == 1 and unit[0][1].job_id in suspects:
+            handed_back = not _run_alone(unit[0], runtime, report)
+        else:
+            handed_back = not _run_unit(unit, runtime, report)
+        if handed_back:  # Postgres is away: the jobs not run yet go back too
+            rest = [delivery for later in units[index + 1 :] for delivery, _ in later]
+            if rest:
+                runtime.republish(rest)
+                report.republished += len(rest)
+            break
+    return report
+
+
+def _run_alone(pair: tuple[Delivery, JobMessage], runtime: Runtime, report: BatchReport) -> bool:
+    """A suspect alone, counted as a solo run until it returns; one whose process already died
+    settings.max_crashes_alone times alone fails with worker_crash instead."""
+    job_id = pair[1].job_id
+    crashes = runtime.suspects.crashes(job_id)
+    log.warning("suspect runs alone", extra={"job_id": job_id, "batch_id": report.batch_id, "crashes_alone": crashes})
+    if crashes >= runtime.settings.max_crashes_alone:
+        verdict = failed(WORKER_CRASH, f"the worker process died {crashes} times while processing this job alone")
+        done = _run_unit([pair], runtime, report, verdict=verdict)
+        if done:
+            runtime.suspects.returned(job_id, done)
+        return done
+    runtime.suspects.start_alone(job_id)
+    done = _run_unit([pair], runtime, report)
+    runtime.suspects.returned(job_id, done)
+    return done
+
+
+def _run_unit(messages, runtime: Runtime, report: BatchReport, verdict: Outcome | None = None) -> bool:
+    """Mark running, decide (or give every job `verdict`), commit, then after_commit. False when
+    Postgres was unreachable and the messages were handed back."""
     try:
         items, final, unknown = with_db_retry(
             lambda: _in_transaction(runtime, lambda s: mark_running(s, messages, report.batch_id, runtime)),
             runtime.settings.db_retry_s,
         )
     except DatabaseUnavailable:
-        return _hand_back(runtime, [d for d, _ in messages], report)
+        _hand_back(runtime, [d for d, _ in messages], report)
+        return False
     for job_id in final:
         log.info("job already final, skipped", extra={"job_id": str(job_id), "batch_id": report.batch_id})
     for job_id in unknown:
@@ -152,21 +204,22 @@ def run_batch(deliveries: list[Delivery], runtime: Runtime, batch_id: str | None
     report.skipped += len(final)
     report.dropped += len(unknown)
     if not items:
-        return report
-    log.info("batch started", extra={"batch_id": report.batch_id, "size": len(deliveries), "jobs": len(items)})
+        return True
+    log.info("batch started", extra={"batch_id": report.batch_id, "size": report.received, "jobs": len(items)})
     try:
-        decide(items, runtime, report.batch_id)
-    except DatabaseUnavailable:
-        return _hand_back(runtime, [i.delivery for i in items], report)
-    try:
+        if verdict is not None:
+            for item in items:
+                item.outcome = verdict
+        else:
+            decide(items, runtime, report.batch_id)
         with metrics.stage("commit"):
             finished = commit_all(items, runtime, report.batch_id)
     except DatabaseUnavailable:
-        return _hand_back(runtime, [i.delivery for i in items], report)
-    skipped = len(items) - len(finished)
-    report.skipped += skipped
+        _hand_back(runtime, [i.delivery for i in items], report)
+        return False
+    report.skipped += len(items) - len(finished)
     after_commit(finished, runtime, report)
-    return report
+    return True
 
 
 def parse(deliveries: Iterable[Delivery], report: BatchReport) -> list[tuple[Delivery, JobMessage]]:
@@ -372,18 +425,53 @@ def _embed_group(pending: list[WorkItem], versions: tuple, runtime: Runtime, bat
         return
 
     def run(part_images, part_cropped):
+        _crash_hook(runtime.settings, part_images)
         if multi is not None:
             multi.last = {}
         return _with_versions(process_images(runtime.pipeline, part_images, part_cropped), multi, versions)
 
-    try:
-        results = run(images, cropped)
-    except Exception:
-        log.exception("batch forward pass failed; retrying job by job", extra={"batch_id": batch_id})
-        results = _process_one_by_one(run, images, cropped, slots, batch_id)
-    for (item, index), (result, by_version) in zip(slots, results):
-        item.faces[index] = result
-        item.descriptors[index] = by_version
+    for start, end in pixel_parts(runtime, images, slots):
+        part_slots = slots[start:end]
+        try:
+            results = run(images[start:end], cropped[start:end])
+        except Exception:
+            log.exception("batch forward pass failed; retrying job by job", extra={"batch_id": batch_id})
+            results = _process_one_by_one(run, images[start:end], cropped[start:end], part_slots, batch_id)
+        for (item, index), (result, by_version) in zip(part_slots, results):
+            item.faces[index] = result
+            item.descriptors[index] = by_version
+
+
+def pixel_parts(runtime: Runtime, images: list[bytes], slots: list) -> list[tuple[int, int]]:
+    """(start, end) ranges of images, in order, each within settings.batch_pixel_budget decoded
+    pixels (counted from the headers), a job's images never split: a job over the budget is a
+    part of its own."""
+    budget = runtime.settings.batch_pixel_budget
+    count = getattr(runtime.pipeline, "decoded_pixels", None) or image_pixels
+    pixels = [count(data) for data in images]
+    parts: list[tuple[int, int]] = []
+    start = used = 0
+    index = 0
+    while index < len(slots):
+        end = index
+        while end < len(slots) and slots[end][0] is slots[index][0]:
+            end += 1
+        job_pixels = sum(pixels[index:end])
+        if index > start and used + job_pixels > budget:
+            parts.append((start, index))
+            start, used = index, 0
+        used += job_pixels
+        index = end
+    if start < len(slots):
+        parts.append((start, len(slots)))
+    return parts
+
+
+def _crash_hook(settings: Settings, images: list[bytes]) -> None:
+    """Tests only (settings.crash_marker): die like an OOM-killed process on a marked image."""
+    marker = settings.crash_marker.encode()
+    if marker and any(marker in data for data in images):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _with_versions(results: list[FaceResult], multi, versions: tuple) -> list[tuple[FaceResult, dict]]:
@@ -545,7 +633,8 @@ def commit_all(items: list[WorkItem], runtime: Runtime, batch_id: str) -> list[W
 
 
 def write_outcomes(session, items: list[WorkItem], model_version: str, batch_id: str) -> list[WorkItem]:
-    """Final status and templates of each item whose job is not final yet; the items written."""
+    """Final status, templates and callback outbox row of each item whose job is not final yet;
+    the items written."""
     written = []
     for item in items:
         outcome = item.outcome
@@ -572,6 +661,7 @@ def write_outcomes(session, items: list[WorkItem], model_version: str, batch_id:
             if rows:
                 write_templates(session, item, version, rows)
         written.append(item)
+    outbox.add(session, [item.job_id for item in written if item.callback_url])
     return written
 
 
@@ -605,8 +695,8 @@ def write_templates(session, item: WorkItem, model_version: str, templates: list
 
 
 def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport) -> None:
-    """Delete probe images (and enrollment images that gave no template), queue callbacks,
-    count and log each finished job. Failures here are logged, never raised."""
+    """Delete probe images (and enrollment images that gave no template), count and log each
+    finished job. Failures here are logged, never raised."""
     delete_keys = []
     for item in finished:
         if item.kind in PROBE_KINDS and runtime.settings.probe_retention_s == 0:
@@ -621,11 +711,6 @@ def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport
     for item in finished:
         outcome = item.outcome
         extra = {"job_id": str(item.job_id), "batch_id": report.batch_id}
-        if item.callback_url:
-            try:
-                runtime.enqueue_callback(str(item.job_id))
-            except Exception:
-                log.exception("callback could not be queued", extra=extra)
         report.finished[str(item.job_id)] = outcome.status
         metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at)
         log.info(
@@ -681,5 +766,5 @@ def _hand_back(runtime: Runtime, deliveries: list[Delivery], report: BatchReport
         extra={"batch_id": report.batch_id, "jobs": len(deliveries)},
     )
     runtime.republish(deliveries)
-    report.republished = len(deliveries)
+    report.republished += len(deliveries)
     return report

@@ -1,50 +1,27 @@
-"""Signed result callbacks: a POST of the job JSON (shared.jobs.job_json, as GET /v1/jobs/{id}
-answers) to the job's callback_url once it is final.
+"""Posting one callback: the job JSON (shared.jobs.job_json, as GET /v1/jobs/{id} answers), signed
+with the tenant's secrets (shared.webhooks), to the address the SSRF guard checked.
 
-sign(secret, timestamp, body) -> "sha256=<hex>", the HMAC-SHA256 of "<timestamp>.<body>".
-signed_headers(secret, body, timestamp=None) -> the request headers.
-post_signed(url, body, secret, timeout_s) -> HTTP status; CallbackFailed unless 2xx.
-deliver(job_id, settings) -> True when posted, False when there is nothing to post or the URL
-    is refused (shared.callback_guard: private networks unless settings.callback_allowed_networks).
+post_pinned(target, url, body, headers, deadline_s, max_response_bytes) -> HTTP status (2xx), or
+    CallbackFailed. The connection goes to target.addresses (never a second DNS lookup), with Host
+    and TLS server name from the URL. deadline_s bounds the whole request (connect, TLS, send and
+    receive): every socket operation gets what is left of it, so a receiver trickling a byte at a
+    time is cut off. At most max_response_bytes of the response body are read.
+encode(payload) -> the exact JSON bytes that are signed and sent.
 backoff_s(attempt) -> seconds to wait before retry number `attempt` (1, 2, ...).
 """
 
-import hashlib
-import hmac
 import json
-import logging
+import ssl
 import time
-import uuid
 
-import httpx
+import certifi
+import httpcore
 
-from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
-from shared.db.models import FINAL_STATUSES, Job
-from shared.jobs import job_json
-from shared.settings import Settings
-
-log = logging.getLogger(__name__)
-
-SIGNATURE_HEADER = "X-Biofleet-Signature"
-TIMESTAMP_HEADER = "X-Biofleet-Timestamp"
+from shared.callback_guard import Target
 
 
 class CallbackFailed(RuntimeError):
-    """The receiver did not answer 2xx, or could not be reached."""
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return "sha256=" + digest
-
-
-def signed_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    return {
-        "Content-Type": "application/json",
-        TIMESTAMP_HEADER: stamp,
-        SIGNATURE_HEADER: sign(secret, stamp, body),
-    }
+    """The receiver did not answer 2xx in time, or could not be reached."""
 
 
 def encode(payload: dict) -> bytes:
@@ -52,36 +29,94 @@ def encode(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def post_signed(url: str, body: bytes, secret: str, timeout_s: float) -> int:
-    """POST body to url with the signature headers; the status code, or CallbackFailed."""
+class _DeadlineStream(httpcore.NetworkStream):
+    """A network stream whose every operation gets at most what is left before the deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float):
+        self.inner = inner
+        self.deadline = deadline
+
+    def _left(self, error: type[Exception]) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise error("the callback deadline passed")
+        return left
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, timeout=self._left(httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, timeout=self._left(httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        inner = self.inner.start_tls(ssl_context, server_hostname, timeout=self._left(httpcore.ConnectTimeout))
+        return _DeadlineStream(inner, self.deadline)
+
+    def get_extra_info(self, info: str):
+        return self.inner.get_extra_info(info)
+
+
+class _PinnedBackend(httpcore.NetworkBackend):
+    """Connects to the checked addresses whatever host the URL names, within the deadline."""
+
+    def __init__(self, target: Target, deadline: float):
+        self.target = target
+        self.deadline = deadline
+        self.inner = httpcore.SyncBackend()
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        error: Exception = httpcore.ConnectError("no address to connect to")
+        for address in self.target.addresses:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise httpcore.ConnectTimeout("the callback deadline passed")
+            try:
+                stream = self.inner.connect_tcp(str(address), self.target.port, timeout=left,
+                                                socket_options=socket_options)  # fmt: skip
+                return _DeadlineStream(stream, self.deadline)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+_ssl_context = None
+
+
+def _tls() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context(cafile=certifi.where())
+    return _ssl_context
+
+
+def post_pinned(target: Target, url: str, body: bytes, headers: dict, deadline_s: float, max_response_bytes: int) -> int:
+    """POST body to url through target's addresses; the 2xx status, or CallbackFailed."""
+    deadline = time.monotonic() + deadline_s
+    backend = _PinnedBackend(target, deadline)
+    timeouts = {"connect": deadline_s, "read": deadline_s, "write": deadline_s, "pool": deadline_s}
     try:
-        response = httpx.post(url, content=body, headers=signed_headers(secret, body), timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise CallbackFailed(f"{type(exc).__name__}: {exc}") from None
-    if not 200 <= response.status_code < 300:
-        raise CallbackFailed(f"receiver answered HTTP {response.status_code}")
-    return response.status_code
-
-
-def deliver(job_id: str, settings: Settings) -> bool:
-    """Post the final job `job_id` to its callback_url. False when the job is unknown, not final,
-    or has no callback_url; CallbackFailed when the post fails."""
-    from shared.db.session import session_scope
-    from shared.services import resolve
-
-    with session_scope(resolve(settings).database_url) as session:
-        job = session.get(Job, uuid.UUID(job_id))
-        if job is None or job.status not in FINAL_STATUSES or not job.callback_url:
-            return False
-        url, payload = job.callback_url, job_json(job)
-    try:
-        check_callback_url(url, allowed_networks(settings.callback_allowed_networks))
-    except CallbackRefused as exc:
-        log.warning("callback refused", extra={"job_id": job_id, "error": str(exc)})
-        return False
-    status = post_signed(url, encode(payload), settings.callback_secret, settings.callback_timeout_s)
-    log.info("callback posted", extra={"job_id": job_id, "http_status": status})
-    return True
+        with httpcore.ConnectionPool(ssl_context=_tls(), network_backend=backend, max_connections=1) as pool:
+            with pool.stream("POST", url, headers=list(headers.items()), content=body,
+                             extensions={"timeout": timeouts}) as response:  # fmt: skip
+                read = 0
+                for chunk in response.iter_stream():
+                    read += len(chunk)
+                    if read >= max_response_bytes:
+                        break
+                status = response.status
+    except httpcore.TimeoutException:
+        raise CallbackFailed("the receiver did not answer within the deadline") from None
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
+        raise CallbackFailed(f"the receiver could not be reached ({type(exc).__name__})") from None
+    if not 200 <= status < 300:
+        raise CallbackFailed(f"the receiver answered HTTP {status}")
+    return status
 
 
 def backoff_s(attempt: int, base_s: float = 2.0, cap_s: float = 300.0) -> float:

@@ -1,8 +1,8 @@
-"""The worker's Celery tasks, thin entry points over worker.batch and worker.callbacks.
+"""The worker's Celery task, a thin entry point over worker.batch.
 
 RUN_JOBS_TASK: a celery-batches task; Celery hands it up to settings.batch_size requests, or what
-arrived within settings.flush_interval_ms, as one list. CALLBACK_TASK(job_id): post the job's
-signed callback, retried with exponential backoff up to settings.callback_max_attempts.
+arrived within settings.flush_interval_ms, as one list. Callbacks are not tasks: the batch writes
+them to the outbox, and the callback dispatcher (worker.dispatcher) sends them.
 """
 
 import logging
@@ -14,10 +14,9 @@ from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
 from shared.celery_app import get_celery
-from shared.queues import CALLBACK_TASK, CALLBACKS, QUEUE_FOR_KIND, RUN_JOBS_TASK
+from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
 from shared.settings import get_settings
-from worker.batch import Delivery, is_transient, run_batch
-from worker.callbacks import CallbackFailed, backoff_s, deliver
+from worker.batch import Delivery, run_batch
 
 log = logging.getLogger(__name__)
 app = get_celery()
@@ -25,18 +24,33 @@ settings = get_settings()
 
 
 class JobBatches(Batches):
-    """celery_batches.Batches with two changes:
+    """celery_batches.Batches with three changes:
 
+    - the flush timer is armed again after a broker reconnect (Celery clears the event loop's
+      timers on a lost connection; celery-batches would keep a dead timer and flush only full
+      batches);
     - dynamic batching: while every pool process is busy, the flush timer leaves the buffer to
       grow (up to flush_every) instead of queueing a small batch behind the running one;
     - a batch whose pool process dies goes back to the broker (task_reject_on_worker_lost)
-      instead of staying unacked until the visibility timeout.
+      instead of staying unacked until the visibility timeout, its jobs marked as suspects
+      (worker.suspects), so that they run alone next time.
     """
 
     _in_flight = 0
     _in_flight_lock = threading.Lock()
     _last_flush = 0.0
     HOLD_LIMIT_S = 5.0  # never hold a partial batch longer, whatever the pool reports
+
+    def Strategy(self, task, app, consumer):
+        """Called on every consumer (re)start, a reconnect included: forget the old timer, so the
+        next message arms a live one."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+        strategy = super().Strategy(task, app, consumer)
+        if self._buffer.qsize() or self._pending.qsize():  # requests held from before the reconnect
+            self._tref = consumer.timer.call_repeatedly(self.flush_interval, self._do_flush)
+        return strategy
 
     def _pool_busy(self) -> bool:
         held_s = time.monotonic() - self._last_flush
@@ -46,6 +60,15 @@ class JobBatches(Batches):
         if self._pool_busy() and self._buffer.qsize() < self.flush_every:
             return  # flushed when the buffer is full or, on a later tick, once a process is free
         super()._do_flush()
+
+    _suspects_store = None
+
+    def _suspects(self):
+        if JobBatches._suspects_store is None:
+            from worker.suspects import Suspects
+
+            JobBatches._suspects_store = Suspects(self.app.conf.broker_url)
+        return JobBatches._suspects_store
 
     def _batch_done(self):
         with self._in_flight_lock:
@@ -73,7 +96,11 @@ class JobBatches(Batches):
             exc = getattr(exc_info, "exception", None)
             lost = isinstance(getattr(exc, "exc", exc), WorkerLostError)  # billiard wraps it
             requeue = lost and bool(self.app.conf.task_reject_on_worker_lost)
-            log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
+            if lost:
+                self._suspects().mark(job_ids(late))
+                log.error("batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue})
+            else:
+                log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
             for request in late:
                 if requeue:
                     request.reject(requeue=True)
@@ -88,6 +115,16 @@ class JobBatches(Batches):
             callback=on_return,
             error_callback=on_error,
         )
+
+
+def job_ids(requests) -> list[str]:
+    """The job ids named by these requests' kwargs (messages that name none are left out)."""
+    ids = []
+    for request in requests:
+        kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+        if isinstance(kwargs.get("job_id"), str):
+            ids.append(kwargs["job_id"])
+    return ids
 
 
 @app.task(
@@ -121,25 +158,3 @@ def republish(deliveries: list[Delivery]) -> None:
             queue=QUEUE_FOR_KIND[delivery.kwargs["kind"]],
             task_id=delivery.task_id,
         )
-
-
-def enqueue_callback(job_id: str) -> None:
-    app.send_task(CALLBACK_TASK, kwargs={"job_id": job_id}, queue=CALLBACKS)
-
-
-@app.task(name=CALLBACK_TASK, bind=True, acks_late=True, ignore_result=True, max_retries=None)
-def post_callback(self, job_id: str) -> None:
-    """Post the job's callback; on failure send it again after backoff_s(attempt)."""
-    current = get_settings()
-    try:
-        deliver(job_id, current)
-    except Exception as exc:
-        if not isinstance(exc, CallbackFailed) and not is_transient(exc):
-            raise
-        attempt = self.request.retries + 1
-        extra = {"job_id": job_id, "attempt": attempt, "error": str(exc) if isinstance(exc, CallbackFailed) else type(exc).__name__}
-        if attempt >= current.callback_max_attempts:
-            log.error("callback abandoned", extra=extra)
-            return
-        log.warning("callback failed, will retry", extra=extra)
-        raise self.retry(countdown=backoff_s(attempt)) from None

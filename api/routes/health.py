@@ -1,4 +1,5 @@
-"""GET /healthz (the process answers), GET /readyz (Redis and Postgres answer), GET /metrics."""
+"""GET /healthz (the process answers), GET /readyz (Redis and Postgres answer); GET /metrics
+(metrics_router, mounted only with settings.metrics_route: metrics belong on their own port)."""
 
 import logging
 from typing import Annotated
@@ -14,6 +15,7 @@ from shared.db.session import get_engine
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
@@ -49,7 +51,7 @@ async def readyz(backends: Annotated[Backends, Depends(get_backends)]):
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
 async def metrics(request: Request):
     body, content_type = await run_in_threadpool(request.app.state.metrics.render)

@@ -20,6 +20,7 @@ from api.deps import get_blobs, get_database_url
 from api.errors import ApiError
 from api.schemas import Subject as SubjectOut
 from api.schemas import errors
+from shared import outbox
 from shared.db.models import FINAL_STATUSES, AuditRecord, Job, Subject, Template
 from shared.db.session import session_scope
 from shared.jobs import is_subject_id
@@ -62,7 +63,8 @@ def subject_summary(session, tenant_id: uuid.UUID, subject_id: str) -> dict | No
 
 
 def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: str | None = None) -> list[str] | None:
-    """Fail the subject's pending jobs (so no worker re-creates it), delete its templates and row,
+    """Fail the subject's pending jobs (so no worker re-creates it; their callbacks go to the
+    outbox), delete its templates and row,
     clear the image keys of all its jobs (enrollments and verifications), and write an audit
     record (shared.db.models.AuditRecord: counts only). Returns the keys to delete, or None when
     there was nothing to erase."""
@@ -75,6 +77,7 @@ def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: st
                 finished_at=func.now())  # fmt: skip
         .returning(Job.id)
     ).all()
+    outbox.add(session, [job_id for (job_id,) in cancelled])  # their callbacks, in this transaction
     jobs = session.execute(
         select(Job.id, Job.blob_keys).where(*of_subject, func.jsonb_array_length(Job.blob_keys) > 0)
     ).all()

@@ -29,7 +29,7 @@ def alembic_config(database_url: str) -> Config:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Run `alembic upgrade <revision>` against database_url, under an advisory lock."""
     config = alembic_config(database_url)
-    engine = create_engine(normalise_url(database_url), poolclass=pool.NullPool)
+    engine = create_engine(normalise_url(database_url), poolclass=pool.NullPool, hide_parameters=True)
     try:
         with engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
@@ -41,7 +41,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def current_revision(database_url: str) -> str | None:
     """The Alembic revision recorded in the database, or None before the first upgrade."""
-    engine = create_engine(normalise_url(database_url), poolclass=pool.NullPool)
+    engine = create_engine(normalise_url(database_url), poolclass=pool.NullPool, hide_parameters=True)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()

@@ -33,7 +33,7 @@ def get_engine(url: str | None = None) -> Engine:
     url = normalise_url(url or _default_url())
     engine = _engines.get(url)
     if engine is None:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)  # no descriptors in logs
         _engines[url] = engine
     return engine
 

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,8 @@ def stack_env(tmp_path) -> dict:
         BIOFLEET_API_PORT=str(free_port()),
         BIOFLEET_FLOWER_PORT=str(free_port()),
         BIOFLEET_WORKER_METRICS_PORT=str(free_port()),
+        BIOFLEET_METRICS_PORT=str(free_port()),
+        BIOFLEET_EXPORTER_PORT=str(free_port()),
     )
     return env
 
@@ -70,9 +73,12 @@ def test_up_status_keys_down(stack_env):
 
         stack = json.loads((state / "stack.json").read_text())
         pids = stack["pids"]
-        assert set(pids) == {"valkey", "postgres", "api", "worker", "flower"}
+        assert set(pids) == {"valkey", "postgres", "api", "worker", "callbacks", "flower", "exporter"}
         assert stack["api_url"] == f"http://127.0.0.1:{stack_env['BIOFLEET_API_PORT']}"
         assert stack["redis_url"].startswith("redis://127.0.0.1:")
+        depth = urllib.request.urlopen(stack["depth_url"], timeout=10).read().decode()
+        assert 'biofleet_queue_depth{queue="verify"} 0.0' in depth
+        assert "biofleet_api_submits" in urllib.request.urlopen(stack["api_metrics_url"], timeout=10).read().decode()
 
         status = json.loads(biofleet(stack_env, "status", "--json").stdout)
         assert all(entry["alive"] for entry in status["processes"].values()), status
@@ -84,6 +90,10 @@ def test_up_status_keys_down(stack_env):
 
         created = biofleet(stack_env, "keys", "create", "--tenant", "acme").stdout
         assert created.count("\n") == 1 and created.strip().startswith("bf_") and created.strip() != key
+        secret = biofleet(stack_env, "webhooks", "secret", "--tenant", "acme").stdout.strip()
+        rotated = biofleet(stack_env, "webhooks", "rotate-secret", "--tenant", "acme").stdout.strip()
+        assert secret.startswith("whsec_") and rotated.startswith("whsec_") and rotated != secret
+        assert biofleet(stack_env, "webhooks", "secret", "--tenant", "acme").stdout.strip() == rotated
 
         biofleet(stack_env, "down", timeout=300)
         assert not any(pid_alive(pid) for pid in pids.values())

@@ -161,3 +161,31 @@ def api_client(services):
 
     with TestClient(create_app()) as client:
         yield client
+
+
+@pytest.fixture
+def start_dispatcher(services, worker_env, tmp_path):
+    """start_dispatcher(**settings) -> Popen of a running `python -m worker --callbacks` (the
+    callback dispatcher); settings become BIOFLEET_* env. Stopped at teardown."""
+    import time
+
+    started: list[subprocess.Popen] = []
+
+    def start(**overrides) -> subprocess.Popen:
+        env = dict(worker_env)
+        for name, value in overrides.items():
+            env[f"BIOFLEET_{name.upper()}"] = str(value)
+        log_path = tmp_path / f"dispatcher-{len(started)}.log"
+        proc = stack.start_process([sys.executable, "-m", "worker", "--callbacks"], env, log_path)
+        proc.log_path = log_path
+        started.append(proc)
+        deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+        while "callback dispatcher started" not in (log_path.read_text(errors="replace") if log_path.exists() else ""):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dispatcher did not start\n{_log_tail(log_path)}")
+            time.sleep(0.1)
+        return proc
+
+    yield start
+    for proc in started:
+        stack.stop_process(proc, timeout=30)

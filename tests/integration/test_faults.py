@@ -98,8 +98,9 @@ def tenant(services) -> uuid.UUID:
         return get_or_create_tenant(session, f"faults-{uuid.uuid4().hex[:8]}")
 
 
-def queue_enrollments(services, publisher, faces_dir, count: int, publish: bool = True) -> list[str]:
-    """count queued enrollment jobs (one real face each), their messages published."""
+def queue_enrollments(services, publisher, faces_dir, count: int, publish: bool = True, image_of=None) -> list[str]:
+    """count queued enrollment jobs (one real face each, or image_of(i) when given), of a new
+    tenant, their messages published."""
     from shared.blob import open_blob_store
     from shared.db.models import Job
     from shared.db.session import session_scope
@@ -110,8 +111,11 @@ def queue_enrollments(services, publisher, faces_dir, count: int, publish: bool 
     blobs = open_blob_store(services.blob_url)
     job_ids = []
     for i in range(count):
-        person = PEOPLE[i % len(PEOPLE)]
-        image = (faces_dir / "lfw_colour" / person / f"{person}_{1 + i // len(PEOPLE):04d}.jpg").read_bytes()
+        if image_of is not None:
+            image = image_of(i)
+        else:
+            person = PEOPLE[i % len(PEOPLE)]
+            image = (faces_dir / "lfw_colour" / person / f"{person}_{1 + i // len(PEOPLE):04d}.jpg").read_bytes()
         job_id = uuid.uuid4()
         key = f"{owner}/{job_id}/0"
         blobs.put(key, image)
@@ -318,3 +322,77 @@ def test_poison_pickle_and_stranded_jobs(services, broker, publisher, workers, f
     assert "pickle" in log  # Celery refused the content type
     assert "dropped a message that is not a JSON message envelope" in log
     assert "stranded jobs published again" in log
+
+
+def blank_png(_: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 120), (180, 180, 180)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_partial_batches_flush_after_a_redis_restart(services, broker, publisher, workers):
+    """celery-batches' flush timer survives a broker reconnect: Redis restarts right after a batch
+    (the timer still armed), then 2 jobs, far fewer than a batch, still end within a few flush
+    intervals instead of waiting for 32 messages."""
+    worker = workers(batch_size=32, flush_interval_ms=10_000)
+    first = queue_enrollments(services, publisher, None, 1, image_of=blank_png)  # fails no_face: final all the same
+    wait_all_final(services, first)
+    broker.restart()  # the timer's next tick, the one that would cancel it, is still seconds away
+    later = queue_enrollments(services, publisher, None, 2, image_of=blank_png)
+    deadline = time.monotonic() + 120.0  # a bound on waiting: 12 flush intervals
+    while not all(r.status in ("succeeded", "failed") for r in rows(services, later)):
+        assert time.monotonic() < deadline, "jobs fewer than a batch were not flushed after the Redis restart"
+        time.sleep(0.2)
+    assert [r.error_code for r in rows(services, later)] == ["no_face", "no_face"]
+    assert worker.poll() is None
+
+
+CRASH_MARKER = "biofleet-test-crash"
+
+
+def killer_jpeg(faces_dir) -> bytes:
+    """A real face whose JPEG comment carries CRASH_MARKER: the worker's pool process dies on it."""
+    import io
+
+    from PIL import Image
+
+    person = PEOPLE[0]
+    face = Image.open(faces_dir / "lfw_colour" / person / f"{person}_0010.jpg")
+    buffer = io.BytesIO()
+    face.save(buffer, format="JPEG", quality=90, comment=CRASH_MARKER.encode())
+    return buffer.getvalue()
+
+
+def test_a_job_that_kills_its_process_fails_alone(services, publisher, workers, faces_dir):
+    """One job whose image kills the pool process (as an OOM kill would), in one batch with other
+    tenants' jobs: the batch is retried with suspects alone, only that job fails with worker_crash,
+    every neighbour succeeds, each applied once."""
+    neighbours = []
+    for _ in range(3):  # three other tenants
+        neighbours += queue_enrollments(services, publisher, faces_dir, 2, publish=False)
+    killer = queue_enrollments(services, publisher, faces_dir, 1, publish=False, image_of=lambda _: killer_jpeg(faces_dir))
+    job_ids = neighbours[:3] + killer + neighbours[3:]
+    _publish_again(services, publisher, job_ids)
+    worker = workers(batch_size=len(job_ids), flush_interval_ms=3000, crash_marker=CRASH_MARKER)
+    done = {str(r.id): r for r in wait_all_final(services, job_ids)}
+    assert (done[killer[0]].status, done[killer[0]].error_code) == ("failed", "worker_crash")
+    assert [(done[j].status, done[j].error_code) for j in neighbours] == [("succeeded", None)] * len(neighbours)
+    assert templates_per_job(services, neighbours) == [1] * len(neighbours)
+    lines = finished_lines([worker])
+    assert [lines[j] for j in job_ids] == [1] * len(job_ids)
+    assert max(done[j].attempts for j in neighbours) <= 2  # the first batch, then alone once
+    assert worker.poll() is None
+    assert "batch process died" in worker.log_path.read_text()
+
+
+def _publish_again(services, publisher, job_ids) -> None:
+    """Publish the messages of these queued jobs, in this order."""
+    from shared.jobs import message_for
+    from shared.jobs import publish as send
+
+    for job in rows(services, job_ids):
+        send(publisher, message_for(job))

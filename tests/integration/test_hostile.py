@@ -192,7 +192,7 @@ def test_random_and_mutated_bytes_at_the_api(api_client, fuzz_key, data, as_mult
 # The schema is read from an app made at import; its backends are pointed at the test services
 # by the schema_services fixture (the app opens them on first use).
 
-SCHEMA_APP = create_app(Settings(rate_limit_requests=0))
+SCHEMA_APP = create_app(Settings(rate_limit_requests=0, auth_failure_limit=0))
 schema = schemathesis.openapi.from_asgi("/openapi.json", SCHEMA_APP)
 
 
@@ -202,9 +202,10 @@ def schema_key(make_key, services, redis_client):
     from api.metrics import ApiMetrics
     from shared.settings import get_settings
 
-    backends = Backends(get_settings().model_copy(update={"rate_limit_requests": 0}))
+    # No rate limits: the conformance of the API itself (its many 401s would limit this address).
+    backends = Backends(get_settings().model_copy(update={"rate_limit_requests": 0, "auth_failure_limit": 0}))
     SCHEMA_APP.state.backends = backends
-    SCHEMA_APP.state.metrics = ApiMetrics(backends)
+    SCHEMA_APP.state.metrics = ApiMetrics()
     key = make_key(f"schema-{uuid.uuid4().hex[:8]}")
     yield key
     backends.close()
@@ -228,3 +229,97 @@ def test_the_api_conforms_to_its_openapi(case, schema_key):
     checks = [not_a_server_error, status_code_conformance, content_type_conformance,
               response_headers_conformance, response_schema_conformance]  # fmt: skip
     case.call_and_validate(headers=auth(schema_key), checks=checks)
+
+
+# --- bodies that once answered 500 or took the API's memory ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_key(make_key, services, redis_client):
+    key = make_key(f"plain-{uuid.uuid4().hex[:8]}")
+    yield key
+    drain_tenant_messages(redis_client, {tenant_of(services, key)})
+
+
+SUBMIT_PATHS = ["/v1/subjects/deep/enrollments", "/v1/verifications", "/v1/identifications"]
+
+
+@pytest.mark.parametrize("path", SUBMIT_PATHS)
+def test_deeply_nested_json_is_a_validation_error(api_client, plain_key, path):
+    for body in (b"[" * 100_000, b'{"images": ' + b"[" * 100_000, b'{"image": ' + b"{" * 50_000):
+        response = api_client.post(path, content=body, headers={**auth(plain_key), "Content-Type": "application/json"})
+        assert response.status_code == 422, response.text[:200]
+        assert response.json()["error"]["code"] == "validation_error"
+
+
+NOT_STORABLE = ["http://example.com/\x00hook", "https://exa\x00mple.com/h", "http://example.com/\ud800"]
+
+
+@pytest.mark.parametrize("url", NOT_STORABLE)
+def test_a_callback_url_postgres_cannot_store_is_refused(api_client, plain_key, url):
+    body = json.dumps({"image": b64(b"x" * 10), "callback_url": url}).encode()
+    response = api_client.post("/v1/identifications", content=body,
+                               headers={**auth(plain_key), "Content-Type": "application/json"})  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "bad_callback_url"
+    form = api_client.post("/v1/identifications", files={"image": ("x.bin", b"x" * 10)},
+                           data={"callback_url": url.replace("\ud800", "\x01")}, headers=auth(plain_key))  # fmt: skip
+    assert form.status_code == 422, form.text
+    assert form.json()["error"]["code"] == "bad_callback_url"
+
+
+MAX_LISTED = 20
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/v1/subjects/many/enrollments", b'{"images": [' + b"0," * 10_000_000 + b"0]}"),  # ~20 MB
+        ("/v1/identifications", b"{" + b",".join(b'"k%07d":0' % i for i in range(1_500_000)) + b"}"),
+        ("/v1/verifications", b"[" + b"0," * 10_000_000 + b"0]"),
+        ("/v1/identifications", b'{"' + b"k" * 19_000_000 + b'": 0}'),
+    ],
+    ids=["ten-million-images", "unknown-fields", "top-level-list", "long-field-name"],
+)
+def test_millions_of_invalid_items_get_a_short_answer(api_client, plain_key, path, body):
+    """A body near the size limit full of invalid items: a 422 listing a capped number of errors
+    and their count, not one entry per item."""
+    assert len(body) <= Settings().max_body_bytes
+    response = api_client.post(path, content=body, headers={**auth(plain_key), "Content-Type": "application/json"})
+    assert response.status_code == 422, response.text[:300]
+    assert len(response.content) < 16_384, f"a {len(response.content)} byte answer"
+    answer = response.json()
+    assert answer["error"]["code"] in ("validation_error", "too_many_images")
+    assert len(answer.get("details", [])) <= MAX_LISTED
+
+
+def test_validation_errors_list_a_capped_number_and_their_count(api_client, plain_key):
+    body = {"images": [0] * 50}
+    response = api_client.post("/v1/subjects/fifty/enrollments", json=body, headers=auth(plain_key))
+    assert response.status_code == 422
+    answer = response.json()
+    assert answer["error"]["code"] == "validation_error"
+    assert len(answer["details"]) == MAX_LISTED
+    assert answer["error_count"] == 50
+
+
+def test_postgres_down_is_503_database_unavailable(services, plain_key):
+    """The key lookup (and every route's reads) with Postgres unreachable: 503 with Retry-After."""
+    from fastapi.testclient import TestClient
+
+    from shared import stack
+    from shared.settings import get_settings
+
+    closed = f"postgresql+psycopg://biofleet:x@127.0.0.1:{stack.free_port()}/biofleet"
+    settings = get_settings().model_copy(update={"database_url": closed})
+    with TestClient(create_app(settings)) as client:
+        responses = [
+            client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(plain_key)),
+            client.get("/v1/subjects/someone", headers=auth(plain_key)),
+            client.delete("/v1/subjects/someone", headers=auth(plain_key)),
+            client.post("/v1/identifications", json={"image": b64(b"x" * 10)}, headers=auth(plain_key)),
+        ]
+    for response in responses:
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "database_unavailable"
+        assert int(response.headers["Retry-After"]) > 0

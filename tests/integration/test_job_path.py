@@ -2,8 +2,6 @@
 the batch unit of work (worker/batch.py) against real Postgres, without Celery."""
 
 import base64
-import hashlib
-import hmac
 import io
 import json
 import threading
@@ -19,7 +17,6 @@ from PIL import Image
 pytestmark = [pytest.mark.stack, pytest.mark.faces]
 
 POLL_DEADLINE_S = 300.0  # a bound on waiting, not a timing assertion
-CALLBACK_SECRET = "test-callback-secret"
 PERSON_A = "Tony_Blair"
 PERSON_B = "Colin_Powell"
 PERSON_C = "George_W_Bush"
@@ -132,18 +129,19 @@ def callback_receiver():
 
 
 def test_jobs_through_the_api_and_a_worker(
-    api_client, make_key, start_worker, faces_dir, callback_receiver, services, monkeypatch
+    api_client, make_key, start_worker, start_dispatcher, faces_dir, callback_receiver, services, monkeypatch
 ):
     from shared.blob import BlobNotFound, open_blob_store
     from shared.db.models import Job
     from shared.db.session import session_scope
 
-    # The receiver listens on loopback, refused unless allowed, by the API and by the worker.
+    # The receiver listens on loopback, refused unless allowed, by the API and by the dispatcher.
     backends = api_client.app.state.backends
     monkeypatch.setattr(
         backends, "settings", backends.settings.model_copy(update={"callback_allowed_networks": "127.0.0.1/32"})
     )
-    start_worker(batch_size=8, callback_secret=CALLBACK_SECRET, callback_allowed_networks="127.0.0.1/32")
+    start_worker(batch_size=8)
+    start_dispatcher(callback_allowed_networks="127.0.0.1/32")
     key = make_key(f"job-path-{uuid.uuid4().hex[:8]}")
 
     enroll_a = enroll(
@@ -201,16 +199,22 @@ def test_jobs_through_the_api_and_a_worker(
             blobs.get(blob_key)
     assert all(blobs.get(k) for k in enroll_keys)
 
-    # The callback of the first enrollment: refused once (HTTP 500), then posted again; each post
-    # signed and carrying the job JSON that GET /v1/jobs/{id} answers.
+    # The callback of the first enrollment: refused once (HTTP 500), then posted again with the
+    # same webhook-id; each post signed for the tenant (Standard Webhooks) and carrying the job
+    # JSON that GET /v1/jobs/{id} answers.
+    from standardwebhooks.webhooks import Webhook
+
+    from shared.db.session import session_scope as scope
+    from shared.keys import tenant_for_key
+    from shared.webhooks import ensure_secret
+
+    with scope(services.database_url) as session:
+        secret = ensure_secret(session, tenant_for_key(session, key))
     callback_receiver.wait_for(2)
     assert len(callback_receiver.received) == 2
+    assert len({headers["webhook-id"] for headers, _ in callback_receiver.received}) == 1
     for headers, body in callback_receiver.received:
-        headers = {k.lower(): v for k, v in headers.items()}
-        stamp = headers["x-biofleet-timestamp"]
-        expected = hmac.new(CALLBACK_SECRET.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-        assert headers["x-biofleet-signature"] == "sha256=" + expected
-        assert json.loads(body) == api_client.get(f"/v1/jobs/{enroll_a}", headers=auth(key)).json()
+        assert Webhook(secret).verify(body, headers) == api_client.get(f"/v1/jobs/{enroll_a}", headers=auth(key)).json()
 
 
 def test_batches_form_from_a_backlog(api_client, make_key, start_worker, faces_dir):
@@ -253,7 +257,6 @@ class Recorder:
 
     def __init__(self):
         self.republished = []
-        self.callbacks = []
 
 
 def make_runtime(services, pipeline, recorder: Recorder, **settings):
@@ -271,7 +274,6 @@ def make_runtime(services, pipeline, recorder: Recorder, **settings):
         model_version=current.model_version,
         settings=current,
         republish=recorder.republished.extend,
-        enqueue_callback=recorder.callbacks.append,
     )
 
 
@@ -329,6 +331,16 @@ def template_count(services, job_id: str) -> int:
         ).scalar_one()
 
 
+def outbox_ids(services, job_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from shared.db.models import CallbackDelivery
+    from shared.db.session import session_scope
+
+    with session_scope(services.database_url) as session:
+        return list(session.scalars(select(CallbackDelivery.id).where(CallbackDelivery.job_id == uuid.UUID(job_id))))
+
+
 def test_the_same_message_twice_is_applied_once(services, make_key, pipeline, faces_dir):
     from worker.batch import run_batch
 
@@ -345,7 +357,8 @@ def test_the_same_message_twice_is_applied_once(services, make_key, pipeline, fa
     done = job_row(services, job_id)
     assert (done.status, done.attempts, done.batch_id) == ("succeeded", 1, first.batch_id)
     assert done.result["templates_created"] == 2
-    assert recorder.callbacks == [job_id]
+    callbacks = outbox_ids(services, job_id)
+    assert len(callbacks) == 1
 
     second = run_batch([delivery], runtime)
     assert second.finished == {} and second.skipped == 1
@@ -354,7 +367,7 @@ def test_the_same_message_twice_is_applied_once(services, make_key, pipeline, fa
     assert (again.status, again.attempts, again.batch_id, again.finished_at, again.result) == (
         done.status, done.attempts, done.batch_id, done.finished_at, done.result,
     )  # fmt: skip
-    assert recorder.callbacks == [job_id]
+    assert outbox_ids(services, job_id) == callbacks  # one callback, the same delivery id
 
 
 def test_a_job_left_running_is_finished_once(services, make_key, pipeline, faces_dir):
@@ -429,7 +442,6 @@ def test_an_unreachable_database_hands_the_batch_back():
         model_version="dlib-resnet-v1",
         settings=get_settings().model_copy(update={"db_retry_s": 1.0}),
         republish=recorder.republished.extend,
-        enqueue_callback=recorder.callbacks.append,
     )
     kwargs = {
         "job_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "kind": "verify",

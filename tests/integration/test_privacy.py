@@ -136,11 +136,14 @@ def test_callback_urls_into_private_networks_are_refused(api_client, make_key, r
     assert response.json()["error"]["code"] == "callback_url_not_allowed"
 
 
-def test_allowed_network_is_accepted_and_the_worker_checks_again(services, make_key, redis_client):
-    from shared.db.models import Job
+def test_allowed_network_is_accepted_and_the_dispatcher_checks_again(services, make_key, redis_client):
+    from sqlalchemy import select
+
+    from shared import outbox
+    from shared.db.models import CallbackDelivery, Job
     from shared.db.session import session_scope
     from shared.settings import get_settings
-    from worker.callbacks import deliver
+    from worker.dispatcher import Dispatcher
 
     key = make_key(f"cb-{uuid.uuid4().hex[:8]}")
     with app_client(callback_allowed_networks="127.0.0.0/8") as client:
@@ -148,7 +151,7 @@ def test_allowed_network_is_accepted_and_the_worker_checks_again(services, make_
             "/v1/identifications", json={"image": b64(png(2)), "callback_url": "http://127.0.0.1:9/h"}, headers=auth(key)
         )
     assert response.status_code == 202
-    job_id = response.json()["id"]
+    job_id = uuid.UUID(response.json()["id"])
     redis_client.delete("identify")  # no worker here
 
     listener = socket.socket()
@@ -156,10 +159,14 @@ def test_allowed_network_is_accepted_and_the_worker_checks_again(services, make_
     listener.listen(1)
     listener.settimeout(0.5)
     with session_scope(services.database_url) as session:
-        job = session.get(Job, uuid.UUID(job_id))
+        job = session.get(Job, job_id)
         job.status, job.callback_url = "succeeded", f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
-    refused = deliver(job_id, get_settings().model_copy(update={"callback_allowed_networks": ""}))
-    assert refused is False
+        session.flush()
+        outbox.add(session, [job_id])
+    with session_scope(services.database_url) as session:
+        row = session.scalars(select(CallbackDelivery).where(CallbackDelivery.job_id == job_id)).one()
+    dispatcher = Dispatcher(get_settings().model_copy(update={"callback_allowed_networks": ""}), services.database_url)
+    assert dispatcher.attempt(row) == "failed"
     with pytest.raises(TimeoutError):
         listener.accept()  # nothing connected
     listener.close()
@@ -290,7 +297,7 @@ def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(api_client, services,
     assert mine.status_code == 200 and sum(t["count"] for t in mine.json()["templates"]) == 1
     for job in jobs.values():  # results hold no image data
         assert not BASE64_RUN.search(json.dumps(job))
-    metrics = api_client.get("/metrics").text  # counts only: no tenants, subjects or keys
+    metrics = api_client.app.state.metrics.render()[0].decode()  # counts only: no tenants, subjects or keys
     for private in ("same-name", str(tenant_of(services, key_a)), key_a):
         assert private not in metrics
 
@@ -314,3 +321,67 @@ def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(api_client, services,
         assert not BASE64_RUN.search(text), f"a base64 run in the {name} log"
         assert not DESCRIPTOR_RUN.search(text), f"a list of floats in the {name} log"
         assert "JFIF" not in text and "\\xff\\xd8" not in text and "PNG\\r\\n" not in text, name
+
+
+def test_a_failed_statement_logs_no_parameters(services, make_key, caplog):
+    """A statement that fails with a descriptor, an image key and image bytes as parameters: neither
+    SQLAlchemy's own log nor the logged exception shows them."""
+    import random
+
+    from sqlalchemy.exc import DBAPIError
+
+    from shared.db.models import Template
+    from shared.db.session import session_scope
+    from shared.logs import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    caplog.set_level(logging.DEBUG)
+    tenant_id = tenant_of(services, make_key(f"fail-{uuid.uuid4().hex[:8]}"))
+    descriptor = [random.uniform(-0.3, 0.3) for _ in range(128)]
+    image_key = f"{tenant_id}/{uuid.uuid4()}/0"
+    image = b64(png(7))
+    log = logging.getLogger("tests.privacy")
+    with pytest.raises(DBAPIError):
+        with session_scope(services.database_url) as session:  # no such subject or model version
+            session.add(Template(tenant_id=tenant_id, subject_id=uuid.uuid4(), model_version=image,
+                                 embedding=descriptor, source_job_id=uuid.uuid4(), image_index=0,
+                                 image_key=image_key))  # fmt: skip
+            try:
+                session.flush()
+            except DBAPIError:
+                log.exception("insert failed")
+                raise
+    text = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert "insert failed" in text and "INSERT INTO templates" in text
+    for secret in [image_key, image[:60], *(repr(v) for v in descriptor[:3]), f"{descriptor[0]:.6f}"[:8]]:
+        assert secret not in text, "a statement parameter in the log"
+    assert not DESCRIPTOR_RUN.search(text)
+
+
+def test_unknown_keys_are_rate_limited_per_address_before_the_lookup(services, make_key):
+    """Guessing keys: past auth_failure_limit failures in a window, an address gets 429 rate_limited
+    before its key is looked up (here Postgres is unreachable: a lookup would answer 503)."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from shared import stack
+    from shared.settings import get_settings
+
+    good = make_key(f"guess-{uuid.uuid4().hex[:8]}")
+    overrides = {"auth_failure_limit": 3, "auth_failure_window_s": 60}
+    settings = get_settings().model_copy(update=overrides)
+    with TestClient(create_app(settings), client=("198.51.100.1", 50000)) as client:
+        statuses = [client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(f"bf_guess{i}")).status_code for i in range(3)]
+        assert statuses == [401] * 3
+        limited = client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth("bf_guess4"))
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert client.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 429  # no key at all: the same
+    closed = f"postgresql+psycopg://biofleet:x@127.0.0.1:{stack.free_port()}/biofleet"
+    settings = settings.model_copy(update={"database_url": closed})
+    with TestClient(create_app(settings), client=("198.51.100.1", 50001)) as client:  # the same address
+        response = client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(good))
+        assert response.status_code == 429, "the key was looked up although the address is limited"
+    with TestClient(create_app(settings), client=("198.51.100.2", 50000)) as other:  # another address
+        assert other.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth("bf_guess5")).status_code == 503

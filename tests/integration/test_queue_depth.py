@@ -1,4 +1,4 @@
-"""Queue depth with a real worker holding messages: what the API's /metrics and queue_depths()
+"""Queue depth with a real worker holding messages: what the depth exporter and queue_depths()
 report equals jobs submitted minus jobs finished, including the ones a worker has reserved but
 not acked (invisible to the Redis list length)."""
 
@@ -51,12 +51,15 @@ def wait_until(check, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def exported_depths(client) -> dict[str, float]:
+def exported_depths(redis_client) -> dict[str, float]:
+    """biofleet_queue_depth as shared.exporter serves it."""
+    from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    for family in text_string_to_metric_families(response.text):
+    from shared.exporter import depth_registry
+
+    text = generate_latest(depth_registry(redis_client)).decode()
+    for family in text_string_to_metric_families(text):
         if family.name == "biofleet_queue_depth":
             return {sample.labels["queue"]: sample.value for sample in family.samples}
     raise AssertionError("biofleet_queue_depth is not exported")
@@ -115,7 +118,10 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
     redis_client.delete(*JOB_QUEUES, "unacked", "unacked_index")  # no worker runs: leftovers only
     key = make_key(f"depth-{uuid.uuid4().hex[:8]}")
     image = blank_png()
-    worker = start_worker(batch_size=BATCH, flush_interval_ms=HOLD_MS, prefetch_batches=2, worker_concurrency=1)
+    # No sweeper: the queues were just emptied, so queued jobs of earlier tests (a retention test
+    # leaves one, 400 days old) would be published again into these exact counts and batches.
+    worker = start_worker(batch_size=BATCH, flush_interval_ms=HOLD_MS, prefetch_batches=2, worker_concurrency=1,
+                          sweep_interval_s=0, retention_interval_s=0)  # fmt: skip
     prefetch = 2 * BATCH  # celeryconfig.prefetch_multiplier(5, 2, 1): unacked messages one worker holds at most
     paused = []
     try:
@@ -134,7 +140,7 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
         assert not any(final(api_client, key, j) for j in held)
         expected = dict.fromkeys(JOB_QUEUES, 0) | {"identify": len(held)}
         assert queue_depths(redis_client) == expected  # the list alone would say 0
-        assert exported_depths(api_client) == expected
+        assert exported_depths(redis_client) == expected
 
         # Pause the pool process: batches stop finishing while the worker keeps reserving messages
         # up to its prefetch limit; past that, new jobs stay in the lists.
@@ -157,7 +163,7 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
         assert reserved_counts(redis_client)["identify"] == prefetch
         assert waiting_counts(redis_client) == dict.fromkeys(JOB_QUEUES, 0) | {"identify": 5, "enroll": 2}
         assert queue_depths(redis_client) == expected  # submitted - finished: 15 identify, 2 enroll
-        assert exported_depths(api_client) == expected
+        assert exported_depths(redis_client) == expected
         check_autoscale_commands(expected)
     finally:
         for process in paused:

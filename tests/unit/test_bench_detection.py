@@ -1,14 +1,6 @@
-"""The detection benchmark's round timing and bench/gpu.sh's detector section."""
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""The detection benchmark's round timing."""
 
 from bench.model import detection_rounds, print_tables
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_detection_rounds_runs_each_case_once_per_round_after_a_warm_up():
@@ -47,17 +39,3 @@ def test_print_tables_shows_the_detection_table(capsys):
     assert "face detection" in out and "dlib cnn upsample0" in out
     assert "port (cpu) upsample0 batch8" in out and "80" in out  # 1000 / 12.5 images/s
 
-
-def test_gpu_script_measures_the_detector_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu.json"
-    env = {**os.environ, "BIOFLEET_FACES_DIR": str(tmp_path / "none"), "PYTHON": sys.executable}
-    args = ["--device", "cpu", "--batches", "1", "--precisions", "fp32", "--repeats", "1",
-            "--detector-batches", "1,2", "--out", str(out)]
-    done = subprocess.run([str(ROOT / "bench" / "gpu.sh"), *args], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    results = json.loads(out.read_text())
-    assert set(results["detector_throughput"]) == {"1", "2"}
-    for figures in results["detector_throughput"].values():
-        assert figures["images_per_s"] > 0 and figures["faces_per_image"] >= 0
-    assert results["detector_inputs"].startswith("synthetic")
-    assert "ported CNN face detector" in done.stdout

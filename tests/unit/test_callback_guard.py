@@ -44,3 +44,27 @@ def test_allowed_loopback_passes_and_unresolvable_hosts_depend_on_strictness():
     check_callback_url("https://no-such-host.invalid/hook", [], strict=False)
     with pytest.raises(CallbackRefused):
         check_callback_url("https://no-such-host.invalid/hook", [])
+
+
+@pytest.mark.parametrize(
+    "address", ["100.64.0.1", "100.100.100.200", "100.127.255.254", "198.18.0.1", "240.0.0.1"]
+)
+def test_addresses_that_are_not_globally_routable_are_blocked(address):
+    """Shared address space (100.64.0.0/10, where one cloud serves its metadata at 100.100.100.200),
+    benchmarking and reserved ranges are not private, but not global either."""
+    assert blocked_address(ipaddress.ip_address(address), [])
+
+
+def test_shared_address_space_is_refused_in_a_url():
+    with pytest.raises(CallbackRefused):
+        check_callback_url("http://100.100.100.200/latest/meta-data", [])
+
+
+def test_the_checked_addresses_are_returned_for_pinning(monkeypatch):
+    import socket
+
+    answers = iter([[(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 443))]])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: next(answers))
+    target = check_callback_url("https://hooks.example.com/x", [])
+    assert (target.scheme, target.host, target.port) == ("https", "hooks.example.com", 443)
+    assert [str(a) for a in target.addresses] == ["93.184.216.34"]

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import BUNDLE, model_file
 from worker.face.embed import Embedder
-from worker.face.weights import RECOGNITION_MODEL, SHAPE_PREDICTOR_5, model_path
+from worker.face.weights import RECOGNITION_MODEL, SHAPE_PREDICTOR_5
 
 IMAGES_PER_IDENTITY = 2  # 10 identities in lfw_colour: 20 images, ~120 ms of dlib work each
 
@@ -14,17 +15,26 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16/bf16
 
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory) -> Embedder:
-    return Embedder.load(device="cpu", cache_dir=tmp_path_factory.mktemp("model-cache"))
+    path = model_file(RECOGNITION_MODEL)
+    return Embedder.load(device="cpu", cache_dir=tmp_path_factory.mktemp("model-cache"), path=path)
 
 
 @pytest.fixture(scope="module")
-def dlib_chips(faces_dir) -> tuple[np.ndarray, np.ndarray]:
-    """(chips (N, 150, 150, 3) uint8, dlib's descriptors (N, 128)) for one face per image."""
-    import dlib
-
+def dlib_chips(request) -> tuple[np.ndarray, np.ndarray]:
+    """(chips (N, 150, 150, 3) uint8, dlib's descriptors (N, 128)) for one face per image; without
+    dlib (a GPU host), the GPU bundle's chips with the dlib descriptors stored there."""
+    try:
+        import dlib
+    except ImportError:
+        bundled = BUNDLE / "chips.npz"
+        if not bundled.is_file():
+            pytest.skip("needs dlib (requirements/dev.txt) or bench/gpu-bundle/chips.npz (make gpu-bundle)")
+        with np.load(bundled) as data:
+            return data["chips"][:40], data["dlib"][:40]
+    faces_dir = request.getfixturevalue("faces_dir")
     detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(model_path(SHAPE_PREDICTOR_5)))
-    recogniser = dlib.face_recognition_model_v1(str(model_path(RECOGNITION_MODEL)))
+    predictor = dlib.shape_predictor(str(model_file(SHAPE_PREDICTOR_5)))
+    recogniser = dlib.face_recognition_model_v1(str(model_file(RECOGNITION_MODEL)))
     chips = []
     for identity in sorted((faces_dir / "lfw_colour").iterdir()):
         for path in sorted(identity.glob("*.jpg"))[:IMAGES_PER_IDENTITY]:
@@ -97,9 +107,10 @@ def test_unknown_precision_refused():
 )
 def test_low_precision_stays_close(dlib_chips, precision, max_abs):
     chips, reference = dlib_chips
-    full = Embedder.load(device="cuda").embed(chips)
+    path = model_file(RECOGNITION_MODEL)
+    full = Embedder.load(device="cuda", path=path).embed(chips)
     assert np.abs(full - reference).max() < 1e-4
-    low = Embedder.load(device="cuda", precision=precision).embed(chips)
+    low = Embedder.load(device="cuda", path=path, precision=precision).embed(chips)
     assert low.dtype == np.float32
     assert np.abs(low - full).max() < max_abs
     assert np.linalg.norm(low - full, axis=1).max() < 0.03

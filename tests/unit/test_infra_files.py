@@ -222,17 +222,36 @@ def test_worker_scaler_reads_the_depth_and_a_redis_list_per_queue():
         assert "activationListLength" in trigger["metadata"]
         assert trigger["authenticationRef"]["name"] == "biofleet-redis"
     (depth,) = [t for t in spec["triggers"] if t["type"] == "prometheus"]
-    assert "biofleet_queue_depth" in depth["metadata"]["query"]  # the metric the API exports
+    assert "biofleet_queue_depth" in depth["metadata"]["query"]  # the metric the exporter serves
     assert float(depth["metadata"]["threshold"]) == target
     assert spec["fallback"]["replicas"] <= spec["maxReplicaCount"]
     find("TriggerAuthentication", "biofleet-redis")
-    api_pod = find("Deployment", "api")["spec"]["template"]["metadata"]
-    assert api_pod["annotations"]["prometheus.io/scrape"] == "true"
+    exporter_pod = find("Deployment", "exporter")["spec"]["template"]
+    assert exporter_pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
 
 
-def test_api_exports_the_metric_the_scaler_queries():
-    source = (ROOT / "api" / "metrics.py").read_text()
+def test_exporter_serves_the_metric_the_scaler_queries():
+    source = (ROOT / "shared" / "exporter.py").read_text()
     assert '"biofleet_queue_depth"' in source
+    config = find("ConfigMap", "biofleet-config")["data"]
+    pod = find("Deployment", "exporter")["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "shared.exporter"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == config["BIOFLEET_EXPORTER_PORT"]
+    assert [p["containerPort"] for p in container["ports"]] == [int(config["BIOFLEET_EXPORTER_PORT"])]
+    assert not [r for r in all_resources() if r["kind"] == "Service" and r["metadata"]["name"] == "exporter"]
+
+
+def test_metrics_are_not_on_the_api_service():
+    """Prometheus scrapes the API pods' metrics port; the Service behind the ingress has only http."""
+    config = find("ConfigMap", "biofleet-config")["data"]
+    pod = find("Deployment", "api")["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == config["BIOFLEET_METRICS_PORT"]
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "metrics": int(config["BIOFLEET_METRICS_PORT"])}
+    assert [p["targetPort"] for p in find("Service", "api")["spec"]["ports"]] == ["http"]
+    assert "BIOFLEET_METRICS_ROUTE" not in config
 
 
 def test_scaler_numbers_match_the_simulator_defaults():
@@ -367,3 +386,20 @@ def test_terraform_parses_and_names_its_variables():
     # every var.<name> used is declared
     used = {name for path in files for name in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", path.read_text())}
     assert used and used <= variables, used - variables
+
+
+def test_the_callback_dispatcher_runs_apart_from_inference():
+    deployment = find("Deployment", "callbacks")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "worker", "--callbacks"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+    assert "nodeSelector" not in pod  # CPU nodes
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert container["livenessProbe"] and container["startupProbe"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    config = find("ConfigMap", "biofleet-config")["data"]
+    deadline_s = float(config.get("BIOFLEET_CALLBACK_DEADLINE_S", Settings().callback_deadline_s))
+    assert pod["terminationGracePeriodSeconds"] > deadline_s
+    (worker,) = find("Deployment", "worker")["spec"]["template"]["spec"]["containers"]
+    assert "--callbacks" not in " ".join(worker.get("command", []) + worker.get("args", []))

@@ -210,10 +210,13 @@ def test_cnn_detector_boxes_are_clipped_and_best_first(faces_dir):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.faces
-def test_cuda_matches_the_cpu(faces_dir, port):
+def test_cuda_matches_the_cpu(faces_dir):
+    from tests.conftest import model_file
+
     images = sample(faces_dir, "lfw_colour", 8)
-    on_cpu = port.detect_many(images)
-    on_cuda = MmodDetector.load(device="cuda").detect_many(images)
+    path = model_file(MMOD_DETECTOR)
+    on_cpu = MmodDetector.load(device="cpu", path=path).detect_many(images)
+    on_cuda = MmodDetector.load(device="cuda", path=path).detect_many(images)
     for a, b in zip(on_cpu, on_cuda):
         assert [d.box() for d in a] == [d.box() for d in b]
         np.testing.assert_allclose([d.confidence for d in a], [d.confidence for d in b], atol=1e-3)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from worker.face.detect import CroppedDetector, HogDetector
 from worker.face.errors import BAD_IMAGE, IMAGE_TOO_LARGE, MULTIPLE_FACES, NO_FACE
-from worker.face.pipeline import FacePipeline, load_pipeline
+from worker.face.pipeline import FACE_PIXELS, FacePipeline, load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,20 @@ def test_options_are_checked(pipeline):
     with pytest.raises(ValueError):
         load_pipeline(device="cpu", detector="mmod")
     assert CroppedDetector().detect(np.zeros((7, 5, 3), np.uint8))[0].right == 4
+
+
+@pytest.mark.faces
+def test_large_photo_is_processed_at_the_working_size(faces_dir, pipeline):
+    face = lfw(faces_dir, "Tony_Blair")
+    canvas = Image.new("RGB", (5000, 4000), (90, 110, 130))
+    canvas.paste(face.resize((1250, 1250)), (2500, 1500))
+    data = encode(canvas, "JPEG", quality=90)
+    with variant(pipeline, detect_max_side=1000) as working:
+        assert working.decoded_pixels(data) == 1000 * 800 + FACE_PIXELS  # the working copy and the face
+        assert working.decoded_pixels(b"not an image") == 0
+        big = working.process([data])[0]
+    alone = pipeline.process([encode(face.resize((250, 250)), "PNG")])[0]
+    assert big.ok and alone.ok
+    assert 2500 <= big.box.left < big.box.right <= 3750 and 1500 <= big.box.top < big.box.bottom <= 2750  # full-size coordinates
+    assert ((big.landmarks >= (2500, 1500)) & (big.landmarks <= (3750, 2750))).all()
+    assert distance(big, alone) < 0.3  # the same person, from fewer pixels

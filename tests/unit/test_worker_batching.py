@@ -1,7 +1,5 @@
 """The batching worker's pure parts: message parsing, outcomes, distances, signatures, prefetch."""
 
-import hashlib
-import hmac
 import importlib
 import sys
 import uuid
@@ -12,7 +10,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shared.settings import get_settings
 from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
-from worker.callbacks import backoff_s, sign, signed_headers
+from shared.webhooks import new_secret, signed_headers
+from worker.callbacks import backoff_s
 from worker.compare import verify
 from worker.face.types import FaceResult
 
@@ -86,14 +85,23 @@ def test_only_connection_errors_are_transient():
     assert not is_transient(ValueError("bug"))
 
 
-def test_callback_signature_is_hmac_of_timestamp_dot_body():
-    body = b'{"id":"1"}'
-    headers = signed_headers("secret", body, timestamp=1700000000)
-    expected = hmac.new(b"secret", b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert headers["X-Biofleet-Timestamp"] == "1700000000"
-    assert headers["X-Biofleet-Signature"] == "sha256=" + expected
-    assert sign("secret", "1700000000", body + b" ") != headers["X-Biofleet-Signature"]
-    assert sign("other", "1700000000", body) != headers["X-Biofleet-Signature"]
+def test_callbacks_carry_standard_webhooks_signatures():
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    body = b'{"id":"1","status":"succeeded"}'
+    current, previous, stranger = new_secret(), new_secret(), new_secret()
+    headers = signed_headers([current, previous], "msg_1", body)
+    assert headers["webhook-id"] == "msg_1"
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert all(part.startswith("v1,") for part in headers["webhook-signature"].split(" "))
+    assert Webhook(current).verify(body, headers) == {"id": "1", "status": "succeeded"}
+    assert Webhook(previous).verify(body, headers)  # during a rotation's grace period
+    with pytest.raises(WebhookVerificationError):
+        Webhook(stranger).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(current).verify(body + b" ", headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(current).verify(body, {**headers, "webhook-id": "msg_2"})
 
 
 def test_callback_backoff_doubles_up_to_a_cap():
@@ -125,5 +133,5 @@ def test_celery_config_is_json_only_and_late_ack(celeryconfig):
     assert celeryconfig.accept_content == ["json"] and celeryconfig.task_serializer == "json"
     assert celeryconfig.task_acks_late and celeryconfig.task_reject_on_worker_lost
     assert {q.name: q.routing_key for q in celeryconfig.task_queues} == {
-        name: name for name in ("verify", "enroll", "identify", "reenroll", "callbacks")
+        name: name for name in ("verify", "enroll", "identify", "reenroll")
     }

@@ -6,6 +6,8 @@ most max_side (JPEG decoded at the nearest DCT scale at or above it, then reduce
 decoded, then reduced), with the factors that map it back to the original.
 decode_region(data, max_pixels, box, scale) -> Region: the pixels of one region of the original at
 (at least) a given fraction of its resolution, decoded at a reduced DCT scale when that suffices.
+image_pixels(data) -> width x height from the header (0 when unreadable), without decoding;
+working_pixels(data, max_side) -> the pixels of the copy decode_working makes, from the header.
 Raises FaceError(IMAGE_TOO_LARGE) when the header declares more than max_pixels pixels, and
 FaceError(BAD_IMAGE) for bytes that are not a readable image of a supported format.
 """
@@ -24,10 +26,37 @@ _WANTED = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
 Image.init()
 FORMATS = tuple(f for f in _WANTED if f in Image.OPEN)
 
-
 ORIENTATION_TAG = 0x0112
-DCT_SCALES = (8, 4, 2, 1)
-JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a JPEG with extra frames, as some phones write  # libjpeg-turbo's reductions Pillow's draft can ask for
+DCT_SCALES = (8, 4, 2, 1)  # libjpeg-turbo's reductions Pillow's draft can ask for
+JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a JPEG with extra frames, as some phones write
+
+
+def image_pixels(data: bytes) -> int:
+    """The pixel count the image's header declares; 0 for bytes that are not a readable image."""
+    width, height = _header_size(data)
+    return width * height
+
+
+def working_pixels(data: bytes, max_side: int) -> int:
+    """The pixel count of the working copy decode_working(data, ..., max_side) makes, read from
+    the header without decoding; 0 for bytes that are not a readable image."""
+    width, height = working_size(*_header_size(data), max_side)
+    return width * height
+
+
+def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size of a width x height image with its longest side reduced to at most max_side."""
+    factor = min(1.0, max_side / max(width, height, 1))
+    if factor >= 1.0:
+        return width, height
+    return max(1, round(width * factor)), max(1, round(height * factor))
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS).size
+    except Exception:
+        return 0, 0
 
 
 @dataclass
@@ -83,10 +112,9 @@ def decode_working(data: bytes, max_pixels: int, max_side: int) -> Working:
         raise ValueError("max_side must be >= 1")
     image = _open(data, max_pixels)
     width, height = _upright_size(image)
-    factor = min(1.0, max_side / max(width, height))
-    if factor >= 1.0:
+    wanted = working_size(width, height, max_side)
+    if wanted == (width, height):
         return Working(decode_image(data, max_pixels), 1.0, 1.0, width, height)
-    wanted = (max(1, round(width * factor)), max(1, round(height * factor)))
 
     def run() -> np.ndarray:
         stored = wanted if not _swaps_axes(image) else wanted[::-1]

@@ -11,6 +11,7 @@ A detector that works on many images at once also has `detect_many(images)`.
 - CroppedDetector ("cropped"): the whole image is the face.
 """
 
+import sys
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -36,6 +37,17 @@ def clip_box(left: int, top: int, right: int, bottom: int, width: int, height: i
         right=min(max(right, 0), width - 1),
         bottom=min(max(bottom, 0), height - 1),
     )
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether error is PyTorch's CUDA out-of-memory error; if so, the allocator's cached blocks
+    are released for the retry."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(error, torch.cuda.OutOfMemoryError):
+        return False
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return True
 
 
 def import_dlib():

@@ -15,6 +15,9 @@ error code; it never fails the others.
 
 The smallest face found: the CNN detector's window is 80 px, so faces from about
 80 x longest side / detect_max_side original pixels (smallest_face_px).
+
+Memory: FacePipeline.decoded_pixels(data) is what a pass holds decoded for an image, read from its
+header (the working copy and what its face keeps), for worker.batch's per-batch pixel budget.
 """
 
 import logging
@@ -27,8 +30,8 @@ from typing import Protocol
 import numpy as np
 
 from worker.face.align import chip_rect, face_chip
-from worker.face.decode import Region, Working, decode_region, decode_working
-from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, clip_box
+from worker.face.decode import Region, Working, decode_region, decode_working, working_pixels
+from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, clip_box, out_of_memory
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
@@ -42,6 +45,10 @@ DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
 CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
 CHIP_SIZE = 150
 DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the working resolution
+# What one face keeps from alignment to the network, in pixels, at most: its chip and, for the
+# torch aligner, its source pixels at the chip's scale (a region under 260 px square; measured up
+# to 249), or else the working copy itself, counted already.
+FACE_PIXELS = (2 * CHIP_SIZE) ** 2
 
 
 def smallest_face_px(width: int, height: int, detect_max_side: int = DETECT_MAX_SIDE) -> int:
@@ -223,6 +230,16 @@ class FacePipeline:
                 results.append(p)
         return results
 
+    def decoded_pixels(self, data: bytes) -> int:
+        """The decoded pixels a pass holds for these image bytes, read from the header (0 for bytes
+        that are not a readable image): the working copy (longest side at most detect_max_side),
+        then FACE_PIXELS for what its face keeps once aligned. Not counted, as they are transient
+        and one per pool thread at a time: the full frame a non-JPEG image is decoded to before it
+        is reduced, and the frame the chip-detail re-decode reads its region from (a JPEG at the
+        DCT scale the chip needs, other formats whole); each at most max_pixels."""
+        pixels = working_pixels(data, self.detect_max_side)
+        return pixels + FACE_PIXELS if pixels else 0
+
     def _pick(self, image: np.ndarray | Exception, boxes: list[Box] | Exception) -> Box:
         """The face box to use, by the multiple-faces policy; raises what the image failed with."""
         for failed in (image, boxes):
@@ -282,8 +299,9 @@ class FacePipeline:
 
     def _detect(self, decoded: list, flags: list[bool]) -> list:
         """Per image: its boxes, or the exception detection raised (None for images that failed
-        to decode). The detector's detect_many takes all images at once when it has one; should
-        it fail, each image is tried alone so that one bad image fails alone."""
+        to decode). The detector's detect_many takes all images at once when it has one; a CUDA
+        out-of-memory error splits the batch in halves; should it fail otherwise, each image is
+        tried alone so that one bad image fails alone."""
         found: list = [None] * len(decoded)
         batch = []
         for i, (image, flag) in enumerate(zip(decoded, flags)):
@@ -296,7 +314,7 @@ class FacePipeline:
         detect_many = getattr(self.detector, "detect_many", None)
         if detect_many is not None and len(batch) > 1:
             try:
-                for i, boxes in zip(batch, detect_many([decoded[i] for i in batch])):
+                for i, boxes in zip(batch, self._detect_halving(detect_many, decoded, batch)):
                     found[i] = boxes
                 return found
             except Exception:
@@ -311,6 +329,22 @@ class FacePipeline:
         for i, boxes in zip(batch, self._pool.map(one, batch)):
             found[i] = boxes
         return found
+
+    def _detect_halving(self, detect_many, decoded: list, batch: list[int]) -> list:
+        """detect_many on the batch; on CUDA out of memory, on each half in turn (an image that
+        does not fit alone gets the error)."""
+        try:
+            return detect_many([decoded[i] for i in batch])
+        except Exception as error:
+            if not out_of_memory(error):
+                raise
+            log.warning("CUDA out of memory in batched detection; splitting the batch in halves",
+                        extra={"images": len(batch)})
+            if len(batch) == 1:
+                return [error]
+            half = len(batch) // 2
+            return (self._detect_halving(detect_many, decoded, batch[:half])
+                    + self._detect_halving(detect_many, decoded, batch[half:]))
 
     def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
         """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
