@@ -33,6 +33,7 @@ bench: export OMP_WAIT_POLICY ?= PASSIVE
 bench: install $(BUNDLE)
 	$(PY) -m bench.model
 	$(PY) -m bench.batching
+	$(PY) -m bench.photos_stack
 	$(PY) -m bench.load
 	$(PY) -m bench.coldstart
 	bench/gpu.sh --device cpu

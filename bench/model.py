@@ -14,8 +14,16 @@ Measures, on the same aligned chips made from the lfw_colour images:
 - face detection, ms per image: dlib's HOG detector (upsample 0 and 1), dlib's CNN detector
   (cnn_face_detection_model_v1, few images: it is slow on a CPU) and the ported CNN detector
   (MmodDetector.detect_many at batch 1, 4, 8 and 32, upsample 0; batch 8 at upsample 1) on the
-  device in use, all timed in alternating rounds.
-Every figure is the median over repeated runs. Prints tables and writes JSON.
+  device in use, all timed in alternating rounds;
+- by photo size (250x250 LFW crops, 2 MP 1920x1080 and 12 MP 4032x3024 phone photos made by
+  bench.photos): ms per image of decode, detect, landmarks, align and embed for biofleet's
+  pipeline (working copy at detect_max_side, the ported CNN detector; align includes any
+  re-decode of the face's region) and for dlib's as face_recognition runs it (full-resolution
+  decode, HOG at upsample 1, 5 landmarks, get_face_chip, one descriptor per call), dlib's CNN
+  detector at full resolution on ONE image per size (it is very slow at 12 MP on a CPU), and the
+  process's peak RSS during each (sampled every 20 ms).
+Every figure is the median over repeated runs. Prints tables and writes JSON
+(`--photos-only`: the photo-size table alone, into its own key of the same file).
 """
 
 import argparse
@@ -198,6 +206,100 @@ def machine(device) -> dict:
     return info
 
 
+PHOTO_SIZES = {"250x250": None, "2 MP": ((1920, 1080), 300), "12 MP": ((4032, 3024), 600)}
+PHOTO_IMAGES = 8
+
+
+def photo_inputs(faces_dir: Path, size: str) -> list[bytes]:
+    """PHOTO_IMAGES JPEGs of one size: lfw_colour crops, or them placed in phone photos."""
+    from PIL import Image
+
+    from bench.photos import encode, place
+
+    files = sorted((faces_dir / "lfw_colour").glob("*/*_0001.jpg"))[:PHOTO_IMAGES]
+    if PHOTO_SIZES[size] is None:
+        return [f.read_bytes() for f in files]
+    frame, face_px = PHOTO_SIZES[size]
+    return [encode(place(Image.open(f), frame, face_px, k)[0], "JPEG", 90) for k, f in enumerate(files)]
+
+
+def _peak_rss(run) -> float:
+    """run() while sampling this process's RSS every 20 ms; the peak in MiB."""
+    from bench.load import PeakRss
+
+    with PeakRss({"self": os.getpid()}, interval_s=0.02) as memory:
+        run()
+    return memory.peak_mib["self"]
+
+
+def photo_stages(device: str, repeats: int, faces_dir: Path, cache_dir: Path, embed_ms: float | None = None) -> dict:
+    """Per photo size: ms per image per stage, biofleet and dlib, dlib's CNN on one image, peak RSS."""
+    import dlib
+
+    from worker.face.detect import CnnDetector
+    from worker.face.embed import Embedder
+    from worker.face.landmarks import Landmarker
+    from worker.face.pipeline import FacePipeline
+    from worker.face.reference import DlibReference
+    from worker.face.weights import MMOD_DETECTOR, model_path
+
+    reference = DlibReference.load()
+    embedder = Embedder.load(device=device, cache_dir=cache_dir)
+    if embed_ms is None:
+        chips = np.zeros((32, 150, 150, 3), dtype=np.uint8)
+        embed_ms = _median_ms(lambda: embedder.embed(chips), repeats, per=32)
+    detector = CnnDetector(device=device)
+    pipeline = FacePipeline(embedder, detector, Landmarker(cache_dir=cache_dir), max_pixels=25_000_000)
+    cnn = dlib.cnn_face_detection_model_v1(str(model_path(MMOD_DETECTOR)))
+
+    def ours_one(data: bytes, laps: Laps) -> None:
+        laps.start()
+        work = pipeline._decode(data)
+        laps.lap("decode")
+        box = max(detector.detect(work.pixels), key=lambda b: b.area)
+        laps.lap("detect")
+        points = pipeline.landmarker.landmarks(work.pixels, box)
+        laps.lap("landmarks")
+        pipeline._align(data, work, box, points, "cnn")
+        laps.lap("align")
+
+    def dlib_one(data: bytes, laps: Laps) -> None:
+        laps.start()
+        image = reference.decode(data)
+        laps.lap("decode")
+        rect = reference.detect(image)
+        laps.lap("detect")
+        shape = reference.landmarks(image, rect)
+        laps.lap("landmarks")
+        chip = reference.chip(image, shape)
+        laps.lap("align")
+        reference.descriptor(chip)
+        laps.lap("embed")
+
+    table = {}
+    with pipeline:
+        for size in PHOTO_SIZES:
+            inputs = photo_inputs(faces_dir, size)
+            result: dict = {}
+            result["biofleet_peak_rss_mib"] = _peak_rss(lambda: result.update(biofleet=_stage_ms(ours_one, inputs, repeats)))
+            result["biofleet"]["embed"] = embed_ms
+            result["dlib_peak_rss_mib"] = _peak_rss(lambda: result.update(dlib=_stage_ms(dlib_one, inputs, max(1, repeats // 2))))
+            image = reference.decode(inputs[0])
+            start = time.perf_counter()
+            result["dlib_cnn_peak_rss_mib"] = _peak_rss(lambda: cnn(image, 0))
+            result["dlib_cnn_detect_ms_one_image"] = 1000 * (time.perf_counter() - start)
+            table[size] = result
+    return {
+        "photo_stages_ms_per_image": table,
+        "photo_setup": {
+            "images": PHOTO_IMAGES,
+            "sizes": {k: (None if v is None else {"frame": v[0], "face_px": v[1]}) for k, v in PHOTO_SIZES.items()},
+            "detect_max_side": pipeline.detect_max_side,
+            "embed": "port at batch 32, ms per face",
+        },
+    }
+
+
 def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) -> dict:
     """Measure everything; write `out` and return the results dict."""
     from rich.console import Console
@@ -279,7 +381,11 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
     cases, detection_device = detection_cases(decoded, device)
     detection_ms = detection_rounds(cases, repeats)
 
+    say("by photo size: 250x250, 2 MP and 12 MP photos, biofleet and dlib")
+    photos = photo_stages(device, stage_repeats, faces_dir, cache_dir, embed_ms=port_ms["32"])
+
     results = {
+        **photos,
         "dlib_ms_per_face": dlib_ms,
         "port_ms_per_face": port_ms,
         "ratio_dlib_over_port": ratio,
@@ -304,8 +410,30 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
     return results
 
 
+def print_photo_table(results: dict) -> None:
+    """The by-photo-size table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    photos = results.get("photo_stages_ms_per_image")
+    if not photos:
+        return
+    stages = ("decode", "detect", "landmarks", "align", "embed")
+    table = Table(title="by photo size, ms per image (biofleet: CNN on the working copy; dlib: face_recognition's path, HOG)",
+                  caption="dlib CNN: full resolution, one image; RSS: this process's peak while the case ran")
+    for name in ("photo", "pipeline", *stages, "total", "peak RSS MiB", "dlib CNN detect ms"):
+        table.add_column(name, justify="left" if name in ("photo", "pipeline") else "right")
+    for size, r in photos.items():
+        for who in ("biofleet", "dlib"):
+            ms = r[who]
+            cnn = f"{r['dlib_cnn_detect_ms_one_image']:.0f}" if who == "dlib" else ""
+            table.add_row(size, who, *(f"{ms.get(s, 0):.1f}" for s in stages), f"{sum(ms.values()):.1f}",
+                          f"{r[who + '_peak_rss_mib']:.0f}", cnn)  # fmt: skip
+    Console(width=160).print(table)
+
+
 def print_tables(results: dict) -> None:
-    """The results as two rich tables on stdout."""
+    """The results as rich tables on stdout."""
     from rich.console import Console
     from rich.table import Table
 
@@ -346,6 +474,7 @@ def print_tables(results: dict) -> None:
         f"with the ported CNN detector: {results.get('pipeline_cnn_ms_per_image_batch_32', float('nan')):.2f} ms per image; "
         f"largest |dlib - port| descriptor difference: {results['max_abs_descriptor_difference']:.2e}"
     )
+    print_photo_table(results)
 
 
 def main() -> None:
@@ -356,7 +485,20 @@ def main() -> None:
     parser.add_argument("--device", default=settings.device, help="auto, cpu, cuda (default: settings)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds per figure (median taken)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
+    parser.add_argument("--photos-only", action="store_true", help="only the by-photo-size table (updates --out)")
     args = parser.parse_args()
+    if args.photos_only:
+        import torch
+
+        photos = photo_stages(args.device, max(1, args.repeats // 2), settings.faces_dir, settings.model_cache_dir)
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
+        results.update(photos, photos_machine=machine(torch.device("cpu") if args.device != "cuda" else torch.device("cuda")),
+                       photos_date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print_photo_table(results)
+        print(f"wrote {args.out}")
+        return
     results = run(args.device, args.repeats, args.out, settings.faces_dir, settings.model_cache_dir)
     print_tables(results)
     print(f"wrote {args.out}")

@@ -24,6 +24,7 @@ def _pipeline(settings, multiple_faces: str | None = None):
         multiple_faces=multiple_faces or settings.multiple_faces,
         threads=settings.decode_threads,
         cache_dir=settings.model_cache_dir,
+        detect_max_side=settings.detect_max_side,
     )
 
 

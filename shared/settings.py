@@ -37,9 +37,11 @@ class Settings(BaseSettings):
     detector_cnn_upsample: int = Field(0, ge=0, le=2)  # for "cnn" (its window finds faces from ~80 px)
     multiple_faces: Literal["reject", "largest"] = "largest"
     max_image_pixels: int = 25_000_000
-    # Larger images are decoded, detected and aligned at this size (JPEG: DCT-scaled decoding), so
-    # a 25 MP photo costs about as much as a 2 MP one; faces stay far above the detector's ~80 px.
-    working_max_pixels: int = Field(2_000_000, ge=10_000)
+    # Phone photos: the detector sees a working copy whose longest side is at most detect_max_side
+    # (JPEG decoded at a reduced DCT scale); the chip comes from pixels of the face's own
+    # resolution. The smallest face found is then about 80 x longest side / detect_max_side
+    # original pixels (never below 80): 323 px in a 4032x3024 photo, 154 px in 1920x1080.
+    detect_max_side: int = Field(1000, ge=256, le=8192)
     match_threshold: float = 0.6  # used until a model version carries a calibrated one
     decode_threads: int = 2
 
@@ -67,8 +69,9 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(5, ge=1)  # deliveries of one job before it fails (worker crashes)
     # A job whose process died this many times while it ran alone fails with worker_crash.
     max_crashes_alone: int = Field(2, ge=1)
-    # Decoded pixels one pipeline pass holds (each image counted from its header, at most
-    # working_max_pixels): a batch over it runs in parts, a job's images never split.
+    # Decoded pixels one pipeline pass holds (each image counted from its header: its working copy,
+    # at most detect_max_side on the longest side, and its face's chip-scale pixels,
+    # FacePipeline.decoded_pixels): a batch over it runs in parts, a job's images never split.
     batch_pixel_budget: int = Field(32_000_000, ge=1)
     fetch_threads: int = Field(8, ge=1)  # parallel blob reads per batch
     # Tests only, empty (off) in service: a pool process SIGKILLs itself, as an OOM kill would, on

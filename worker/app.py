@@ -92,7 +92,7 @@ def load_runtime(settings: Settings) -> Runtime:
         multiple_faces=settings.multiple_faces,
         threads=settings.decode_threads,
         cache_dir=settings.model_cache_dir,
-        working_pixels=settings.working_max_pixels,
+        detect_max_side=settings.detect_max_side,
     )
     from worker.suspects import Suspects
     from worker.variants import MultiEmbedder, VersionBook

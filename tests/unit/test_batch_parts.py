@@ -54,5 +54,17 @@ def test_pixels_are_counted_as_the_pipeline_decodes_them():
     assert pixel_parts(runtime(3), images, slots_of(1, 1, 1, 1)) == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
 
+def test_phone_photos_count_as_their_working_copies():
+    """The real pipeline counts a 12 MP photo as its 1000x750 working copy and its face."""
+    from worker.face.pipeline import FACE_PIXELS, FacePipeline
+
+    images = [png(4000, 3000)] * 4
+    each = 1000 * 750 + FACE_PIXELS
+    with FacePipeline(None, None, None, max_pixels=25_000_000, detect_max_side=1000) as pipeline:
+        assert pipeline.decoded_pixels(images[0]) == each
+        assert pixel_parts(runtime(3 * each, pipeline), images, slots_of(1, 1, 1, 1)) == [(0, 3), (3, 4)]
+        assert pixel_parts(runtime(4 * each, pipeline), images, slots_of(1, 1, 1, 1)) == [(0, 4)]
+
+
 def test_unreadable_images_count_nothing():
     assert pixel_parts(runtime(1), [b"junk", b"junk"], slots_of(1, 1)) == [(0, 2)]

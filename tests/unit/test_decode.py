@@ -217,44 +217,52 @@ def test_exif_orientation_is_applied(orientation):
 
 
 def test_large_jpeg_is_decoded_at_the_working_size():
-    from worker.face.decode import decode_working, image_pixels
+    from worker.face.decode import decode_working, image_pixels, working_pixels
 
     pixels = np.asarray(Image.fromarray(smooth_rgb(48, 64)).resize((4000, 3000), Image.Resampling.BILINEAR))
     data = encode(Image.fromarray(pixels), "JPEG", quality=90)
     assert image_pixels(data) == 12_000_000
-    small, scale = decode_working(data, LIMIT, 2_000_000)
-    assert small.shape[0] * small.shape[1] <= 2_000_000
-    assert small.shape[1] == 1632 and scale == pytest.approx(4000 / 1632)
-    assert abs(small.shape[0] * scale - 3000) < 3  # the aspect ratio is kept
+    small = decode_working(data, LIMIT, 1000)
+    assert small.pixels.shape == (750, 1000, 3) and small.reduced
+    assert working_pixels(data, 1000) == 750_000  # from the header, as decoded
+    assert small.scale_x == pytest.approx(4.0) and small.scale_y == pytest.approx(4.0)  # the aspect ratio is kept
+    assert (small.width, small.height) == (4000, 3000)
     full = decode_image(data, LIMIT)
-    shrunk = np.asarray(Image.fromarray(full).resize(small.shape[1::-1], Image.Resampling.BILINEAR)).astype(int)
-    assert np.abs(shrunk - small).mean() < 3  # the same picture, smaller
+    shrunk = np.asarray(Image.fromarray(full).resize((1000, 750), Image.Resampling.BILINEAR)).astype(int)
+    assert np.abs(shrunk - small.pixels).mean() < 3  # the same picture, smaller
 
 
 def test_small_or_unlimited_images_keep_their_size():
-    from worker.face.decode import decode_working
+    from worker.face.decode import decode_working, working_pixels
 
     data = encode(Image.fromarray(smooth_rgb(48, 64)), "JPEG")
-    assert decode_working(data, LIMIT, 2_000_000)[1] == 1.0
+    small = decode_working(data, LIMIT, 1000)
+    assert not small.reduced and small.scale_x == small.scale_y == 1.0
+    assert working_pixels(data, 1000) == 48 * 64
     big = encode(Image.new("RGB", (3000, 2000), (10, 20, 30)))  # PNG: decoded, then resized
-    assert decode_working(big, LIMIT, None)[0].shape == (2000, 3000, 3)
-    small, scale = decode_working(big, LIMIT, 1_500_000)
-    assert small.shape[0] * small.shape[1] <= 1_500_000 and small.shape[1] * scale == pytest.approx(3000)
+    assert decode_working(big, LIMIT, 8192).pixels.shape == (2000, 3000, 3)
+    reduced = decode_working(big, LIMIT, 1500)
+    assert reduced.pixels.shape == (1000, 1500, 3) and reduced.scale_x * 1500 == pytest.approx(3000)
+    assert working_pixels(big, 1500) == 1_500_000
 
 
 def test_working_size_follows_exif_rotation():
-    from worker.face.decode import decode_working
+    from worker.face.decode import decode_working, working_pixels
 
     image = Image.new("RGB", (4000, 1000), (10, 20, 30))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated 90 degrees: shown as 1000 wide, 4000 high
-    small, scale = decode_working(encode(image, "JPEG", exif=exif.tobytes()), LIMIT, 1_000_000)
-    assert small.shape[0] > small.shape[1]
-    assert small.shape[1] * scale == pytest.approx(1000) and small.shape[0] * scale == pytest.approx(4000, rel=0.01)
+    data = encode(image, "JPEG", exif=exif.tobytes())
+    small = decode_working(data, LIMIT, 1000)
+    assert small.pixels.shape == (1000, 250, 3)
+    assert (small.width, small.height) == (1000, 4000)
+    assert small.pixels.shape[1] * small.scale_x == pytest.approx(1000) and small.pixels.shape[0] * small.scale_y == pytest.approx(4000)
+    assert working_pixels(data, 1000) == 250_000
 
 
 def test_image_pixels_of_bad_bytes_is_zero():
-    from worker.face.decode import image_pixels
+    from worker.face.decode import image_pixels, working_pixels
 
     assert image_pixels(b"not an image") == 0
     assert image_pixels(b"") == 0
+    assert working_pixels(b"not an image", 1000) == 0

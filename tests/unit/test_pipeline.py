@@ -8,7 +8,7 @@ from PIL import Image
 
 from worker.face.detect import CroppedDetector, HogDetector
 from worker.face.errors import BAD_IMAGE, IMAGE_TOO_LARGE, MULTIPLE_FACES, NO_FACE
-from worker.face.pipeline import FacePipeline, load_pipeline
+from worker.face.pipeline import FACE_PIXELS, FacePipeline, load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +190,9 @@ def test_large_photo_is_processed_at_the_working_size(faces_dir, pipeline):
     canvas = Image.new("RGB", (5000, 4000), (90, 110, 130))
     canvas.paste(face.resize((1250, 1250)), (2500, 1500))
     data = encode(canvas, "JPEG", quality=90)
-    with variant(pipeline, working_pixels=2_000_000) as working:
-        assert working.decoded_pixels(data) == 2_000_000
+    with variant(pipeline, detect_max_side=1000) as working:
+        assert working.decoded_pixels(data) == 1000 * 800 + FACE_PIXELS  # the working copy and the face
+        assert working.decoded_pixels(b"not an image") == 0
         big = working.process([data])[0]
     alone = pipeline.process([encode(face.resize((250, 250)), "PNG")])[0]
     assert big.ok and alone.ok

@@ -1,13 +1,27 @@
 """A batch of image byte strings -> one FaceResult per image.
 
-decode runs per image on a thread pool; detection runs on the whole batch at once when the
-detector can (CnnDetector.detect_many: one forward pass), else per image on the pool; the 5-point
-landmarks of all faces come from one vectorised pass; alignment runs on the pool; then the chips
-of the whole batch go through the network in one embed call. An image that fails gets an error
-code; it never fails the others.
+Images are phone photos, not crops: each is decoded (on a thread pool) to a working copy whose
+longest side is at most detect_max_side (JPEG at a reduced DCT scale: a 12 MP photo decodes at 1/4);
+detection runs on the working copies, of the whole batch at once when the detector can
+(CnnDetector.detect_many: one forward pass), else per image on the pool; the 5-point landmarks of
+all faces come from one vectorised pass on the working copies. Alignment runs on the pool: where
+the working copy holds fewer pixels across the chip than the chip itself (chip_detail x 150), the
+face's region is decoded again at the scale that has them (never enlarged from the small copy when
+the original has the detail), and the landmarks are taken there again; a face wider than the chip
+is then reduced (bicubic, antialiased) to the chip's scale; frames are dropped once the chips
+exist. Then the chips of the whole batch go through the network in one embed call. Boxes and
+landmarks are reported in the original (upright) image's pixels. An image that fails gets an
+error code; it never fails the others.
+
+The smallest face found: the CNN detector's window is 80 px, so faces from about
+80 x longest side / detect_max_side original pixels (smallest_face_px).
+
+Memory: FacePipeline.decoded_pixels(data) is what a pass holds decoded for an image, read from its
+header (the working copy and what its face keeps), for worker.batch's per-batch pixel budget.
 """
 
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +29,9 @@ from typing import Protocol
 
 import numpy as np
 
-from worker.face.align import face_chip
-from worker.face.decode import decode_working, image_pixels
-from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, out_of_memory
+from worker.face.align import chip_rect, face_chip
+from worker.face.decode import Region, Working, decode_region, decode_working, working_pixels
+from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, clip_box, out_of_memory
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
@@ -26,6 +40,20 @@ log = logging.getLogger(__name__)
 
 POLICIES = ("largest", "reject")
 DETECTORS = ("hog", "cnn", "cropped")
+ALIGNERS = ("auto", "numpy", "torch")
+DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
+CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
+CHIP_SIZE = 150
+DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the working resolution
+# What one face keeps from alignment to the network, in pixels, at most: its chip and, for the
+# torch aligner, its source pixels at the chip's scale (a region under 260 px square; measured up
+# to 249), or else the working copy itself, counted already.
+FACE_PIXELS = (2 * CHIP_SIZE) ** 2
+
+
+def smallest_face_px(width: int, height: int, detect_max_side: int = DETECT_MAX_SIDE) -> int:
+    """The smallest face width (original pixels) the CNN detector finds in a width x height photo."""
+    return math.ceil(DETECTOR_WINDOW_PX * max(1.0, max(width, height) / detect_max_side))
 
 
 class ChipEmbedder(Protocol):
@@ -38,10 +66,12 @@ class ChipEmbedder(Protocol):
 class _Face:
     """One image's aligned face, waiting for its descriptor."""
 
-    chip: np.ndarray
+    chip: np.ndarray | None
     box: Box
     landmarks: np.ndarray
     detector: str
+    source: Region | None = None  # until the chip exists (batched torch alignment)
+    points: np.ndarray | None = None  # the landmarks in source's pixels
 
 
 def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
@@ -52,12 +82,68 @@ def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
     return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")
 
 
+def _original_box(box: Box, work: Working) -> Box:
+    """A working-copy box -> the original pixels it covers (inclusive, clipped)."""
+    if not work.reduced:
+        return box
+    return clip_box(
+        math.floor(box.left * work.scale_x), math.floor(box.top * work.scale_y),
+        math.ceil((box.right + 1) * work.scale_x) - 1, math.ceil((box.bottom + 1) * work.scale_y) - 1,
+        work.width, work.height,
+    )  # fmt: skip
+
+
+def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.ndarray]:
+    """The face's area resized (bicubic, antialiased) so that the chip's rectangle spans
+    CHIP_SIZE pixels, when it spans more, with the landmarks in its pixels: a photo's face is
+    sampled as a proper reduction rather than dlib's pyramid (closer to the crop's descriptor)."""
+    rect, angle = chip_rect(landmarks, CHIP_SIZE, 0.25)
+    side = rect.r - rect.l + 1
+    if side <= CHIP_SIZE:
+        return source, landmarks
+    from PIL import Image
+
+    corners = rect.rotated_corners(angle)
+    h, w = source.pixels.shape[:2]
+    margin = 0.05 * side + 4
+    left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
+    right, bottom = min(w, math.ceil(corners[:, 0].max() + margin) + 1), min(h, math.ceil(corners[:, 1].max() + margin) + 1)
+    if left >= right or top >= bottom:
+        return source, landmarks
+    factor = CHIP_SIZE / side
+    size = (max(2, round((right - left) * factor)), max(2, round((bottom - top) * factor)))
+    part = Image.fromarray(np.ascontiguousarray(source.pixels[top:bottom, left:right]))
+    pixels = np.asarray(part.resize(size, Image.Resampling.BICUBIC))
+    fx, fy = (right - left) / size[0], (bottom - top) / size[1]  # source pixels per new pixel
+    # New pixel centre j sits at source pixel left + (j + 0.5) * fx - 0.5.
+    points = np.stack([(landmarks[:, 0] - left + 0.5) / fx - 0.5, (landmarks[:, 1] - top + 0.5) / fy - 0.5], axis=1)
+    shrunk = Region(pixels, source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
+                    source.top + (top + 0.5 * fy - 0.5) * source.scale_y, source.scale_x * fx, source.scale_y * fy)  # fmt: skip
+    return shrunk, points
+
+
+def _scale_box(box: Box, work: Working, region: Region) -> Box:
+    """A working-copy box -> the same box in a region's pixels (not clipped: the predictor reads
+    around it either way)."""
+    def x(v: float) -> int:
+        return round(((v + 0.5) * work.scale_x - 0.5 - region.left) / region.scale_x)
+
+    def y(v: float) -> int:
+        return round(((v + 0.5) * work.scale_y - 0.5 - region.top) / region.scale_y)
+
+    return Box(x(box.left), y(box.top), x(box.right), y(box.bottom))
+
+
 class FacePipeline:
     """Images to descriptors with a given embedder, detector and landmarker.
 
     max_pixels: larger images fail with image_too_large before they are decoded.
-    working_pixels: larger images are decoded shrunk to this many pixels, and detected and aligned
-    there (None: full size); boxes and landmarks are returned in the full image's coordinates.
+    detect_max_side: the working copy's largest side (detection runs there; see the module).
+    chip_detail: how many chip sizes of source pixels the chip's rectangle needs before the face
+    is decoded again at a higher resolution.
+    aligner: "numpy" (worker.face.align, exact, per face on the pool), "torch"
+    (worker.face.align_torch, batched, on the embedder's device) or "auto" (torch on CUDA, numpy
+    on the CPU, where the two measured alike).
     multiple_faces: "largest" keeps the largest box; "reject" fails the image with multiple_faces.
     threads: size of the pool that decodes, detects and aligns. Call close() (or use `with`) to
     stop the pool.
@@ -72,15 +158,26 @@ class FacePipeline:
         max_pixels: int,
         multiple_faces: str = "largest",
         threads: int = 2,
-        working_pixels: int | None = None,
+        detect_max_side: int = DETECT_MAX_SIDE,
+        chip_detail: float = CHIP_DETAIL,
+        aligner: str = "auto",
     ):
         if multiple_faces not in POLICIES:
             raise ValueError(f"multiple_faces must be one of {POLICIES}, not {multiple_faces!r}")
+        if detect_max_side < DETECTOR_WINDOW_PX or chip_detail <= 0:
+            raise ValueError(f"detect_max_side must be >= {DETECTOR_WINDOW_PX} and chip_detail > 0")
+        if aligner not in ALIGNERS:
+            raise ValueError(f"aligner must be one of {ALIGNERS}, not {aligner!r}")
+        if aligner == "auto":
+            device = getattr(embedder, "device", None)
+            aligner = "torch" if getattr(device, "type", "cpu") == "cuda" else "numpy"
+        self.aligner = aligner
+        self.detect_max_side = detect_max_side
+        self.chip_detail = chip_detail
         self.embedder = embedder
         self.detector = detector
         self.landmarker = landmarker
         self.max_pixels = max_pixels
-        self.working_pixels = working_pixels
         self.multiple_faces = multiple_faces
         self.cropped_detector = CroppedDetector()
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="face")
@@ -93,13 +190,11 @@ class FacePipeline:
         if len(flags) != len(images):
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
         names = [self.cropped_detector.name if flag else self.detector.name for flag in flags]
-        decoded_at = list(self._pool.map(self._decode, images))
-        decoded = [d[0] if isinstance(d, tuple) else d for d in decoded_at]
-        scales = [d[1] if isinstance(d, tuple) else 1.0 for d in decoded_at]
-        del decoded_at
-        found = self._detect(decoded, flags)
+        decoded = list(self._pool.map(self._decode, images))
+        found = self._detect([d.pixels if isinstance(d, Working) else d for d in decoded], flags)
 
-        # Per image: its face box or its FaceResult with the error; then all landmarks at once.
+        # Per image: its face box (working copy) or its FaceResult with the error; then all
+        # landmarks at once, on the working copies.
         stage: list[Box | FaceResult | _Face] = []
         for name, image, boxes, data in zip(names, decoded, found, images):
             try:
@@ -107,39 +202,43 @@ class FacePipeline:
             except Exception as error:
                 stage.append(_failure(name, error, len(data)))
         waiting = [i for i, item in enumerate(stage) if isinstance(item, Box)]
-        points = self._landmarks([decoded[i] for i in waiting], [stage[i] for i in waiting])
+        points = self._landmarks([decoded[i].pixels for i in waiting], [stage[i] for i in waiting])
 
         def align(i: int, landmarks) -> _Face | FaceResult:
             if isinstance(landmarks, Exception):
                 return _failure(names[i], landmarks, len(images[i]))
             try:
-                chip = face_chip(decoded[i], landmarks)
+                return self._align(images[i], decoded[i], stage[i], landmarks, names[i])
             except Exception as error:
                 return _failure(names[i], error, len(images[i]))
-            return _Face(chip=chip, box=stage[i], landmarks=landmarks, detector=names[i])
 
         for i, face in zip(waiting, self._pool.map(align, waiting, points)):
             stage[i] = face
-        decoded.clear()  # free the frames before the network runs
+        del decoded  # the working copies
+        self._batch_chips([p for p in stage if isinstance(p, _Face) and p.chip is None])
 
         faces = [p for p in stage if isinstance(p, _Face)]
         if faces:
             descriptors = np.asarray(self.embedder.embed(np.stack([f.chip for f in faces])), dtype=np.float32)
         found_at = iter(range(len(faces)))
         results = []
-        for p, scale in zip(stage, scales):
+        for p in stage:
             if isinstance(p, _Face):
                 descriptor = descriptors[next(found_at)]
-                box, landmarks = _full_size(p.box, p.landmarks, scale)
-                results.append(FaceResult(descriptor=descriptor, box=box, landmarks=landmarks, detector=p.detector))
+                results.append(FaceResult(descriptor=descriptor, box=p.box, landmarks=p.landmarks, detector=p.detector))
             else:
                 results.append(p)
         return results
 
     def decoded_pixels(self, data: bytes) -> int:
-        """The pixels this pipeline holds decoded for these image bytes, read from the header."""
-        pixels = image_pixels(data)
-        return min(pixels, self.working_pixels) if self.working_pixels else pixels
+        """The decoded pixels a pass holds for these image bytes, read from the header (0 for bytes
+        that are not a readable image): the working copy (longest side at most detect_max_side),
+        then FACE_PIXELS for what its face keeps once aligned. Not counted, as they are transient
+        and one per pool thread at a time: the full frame a non-JPEG image is decoded to before it
+        is reduced, and the frame the chip-detail re-decode reads its region from (a JPEG at the
+        DCT scale the chip needs, other formats whole); each at most max_pixels."""
+        pixels = working_pixels(data, self.detect_max_side)
+        return pixels + FACE_PIXELS if pixels else 0
 
     def _pick(self, image: np.ndarray | Exception, boxes: list[Box] | Exception) -> Box:
         """The face box to use, by the multiple-faces policy; raises what the image failed with."""
@@ -152,11 +251,51 @@ class FacePipeline:
             raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
         return max(boxes, key=lambda b: b.area)  # ties keep the better-scored box
 
-    def _decode(self, data: bytes) -> tuple[np.ndarray, float] | Exception:
+    def _decode(self, data: bytes) -> Working | Exception:
         try:
-            return decode_working(data, self.max_pixels, self.working_pixels)
+            return decode_working(data, self.max_pixels, self.detect_max_side)
         except Exception as error:
             return error
+
+    def _align(self, data: bytes, work: Working, box: Box, landmarks: np.ndarray, name: str) -> _Face:
+        """The chip from pixels with enough detail, and the box and landmarks in original pixels."""
+        source = Region(work.pixels, 0.5 * work.scale_x - 0.5, 0.5 * work.scale_y - 0.5, work.scale_x, work.scale_y)
+        rect, angle = chip_rect(landmarks, CHIP_SIZE, 0.25)
+        side = rect.r - rect.l + 1  # working pixels across the chip
+        need = self.chip_detail * CHIP_SIZE
+        if work.reduced and side < need:
+            # Decode the chip's area again at the resolution it needs (at most the original's).
+            corners = source.to_original(rect.rotated_corners(angle))
+            scale = max(work.scale_x, work.scale_y)
+            margin = 0.1 * side * scale + 4
+            region = (corners[:, 0].min() - margin, corners[:, 1].min() - margin,
+                      corners[:, 0].max() + margin, corners[:, 1].max() + margin)  # fmt: skip
+            source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
+            face = _scale_box(box, work, source)
+            landmarks = self.landmarker.landmarks(source.pixels, face)
+        face = _Face(chip=None, box=_original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
+        if work.reduced:
+            source, landmarks = _shrink_to_chip(source, landmarks)
+        if self.aligner == "numpy":
+            face.chip = face_chip(source.pixels, landmarks)
+        else:
+            face.source, face.points = source, landmarks
+        return face
+
+    def _batch_chips(self, faces: list[_Face]) -> None:
+        """The chips of faces aligned in torch, all in one grid_sample; their sources dropped."""
+        if not faces:
+            return
+        from worker.face.align_torch import face_chips
+
+        device = getattr(self.embedder, "device", "cpu")
+        try:
+            chips = face_chips([f.source.pixels for f in faces], [f.points for f in faces], device=device)
+        except Exception:
+            log.exception("torch alignment failed; aligning with numpy", extra={"faces": len(faces)})
+            chips = [face_chip(f.source.pixels, f.points) for f in faces]
+        for face, chip in zip(faces, chips):
+            face.chip, face.source, face.points = chip, None, None
 
     def _detect(self, decoded: list, flags: list[bool]) -> list:
         """Per image: its boxes, or the exception detection raised (None for images that failed
@@ -235,14 +374,6 @@ class FacePipeline:
         self.close()
 
 
-def _full_size(box: Box, landmarks: np.ndarray, scale: float) -> tuple[Box, np.ndarray]:
-    """A box and landmarks found in an image shrunk by scale, in the full image's coordinates."""
-    if scale == 1.0:
-        return box, landmarks
-    corners = [round(v * scale) for v in (box.left, box.top, box.right, box.bottom)]
-    return Box(*corners), np.asarray(landmarks, dtype=np.float64) * scale
-
-
 def load_pipeline(
     *,
     device: str = "auto",
@@ -253,7 +384,7 @@ def load_pipeline(
     multiple_faces: str = "largest",
     threads: int = 2,
     cache_dir: Path | None = None,
-    working_pixels: int | None = None,
+    detect_max_side: int = DETECT_MAX_SIDE,
 ) -> FacePipeline:
     """The pipeline with the real network (worker.face.embed.Embedder on device), a detector
     ("hog": dlib's HOG detector with `upsample`; "cnn": the ported CNN detector on the same device,
@@ -275,5 +406,5 @@ def load_pipeline(
         max_pixels=max_pixels,
         multiple_faces=multiple_faces,
         threads=threads,
-        working_pixels=working_pixels,
+        detect_max_side=detect_max_side,
     )
