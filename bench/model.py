@@ -232,6 +232,25 @@ def _peak_rss(run) -> float:
     return memory.peak_mib["self"]
 
 
+def dlib_stages(reference):
+    """A function(data, laps) timing dlib's own pipeline stage by stage on one image."""
+
+    def one(data: bytes, laps: Laps) -> None:
+        laps.start()
+        image = reference.decode(data)
+        laps.lap("decode")
+        rect = reference.detect(image)
+        laps.lap("detect")
+        shape = reference.landmarks(image, rect)
+        laps.lap("landmarks")
+        chip = reference.chip(image, shape)
+        laps.lap("align")
+        reference.descriptor(chip)
+        laps.lap("embed")
+
+    return one
+
+
 def photo_stages(device: str, repeats: int, faces_dir: Path, cache_dir: Path, embed_ms: float | None = None) -> dict:
     """Per photo size: ms per image per stage, biofleet and dlib, dlib's CNN on one image, peak RSS."""
     import dlib
@@ -263,18 +282,7 @@ def photo_stages(device: str, repeats: int, faces_dir: Path, cache_dir: Path, em
         pipeline._align(data, work, box, points, "cnn")
         laps.lap("align")
 
-    def dlib_one(data: bytes, laps: Laps) -> None:
-        laps.start()
-        image = reference.decode(data)
-        laps.lap("decode")
-        rect = reference.detect(image)
-        laps.lap("detect")
-        shape = reference.landmarks(image, rect)
-        laps.lap("landmarks")
-        chip = reference.chip(image, shape)
-        laps.lap("align")
-        reference.descriptor(chip)
-        laps.lap("embed")
+    dlib_one = dlib_stages(reference)
 
     table = {}
     with pipeline:
@@ -347,18 +355,7 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
         face_chip(image, points)
         laps.lap("align")
 
-    def dlib_one(data: bytes, laps: Laps) -> None:
-        laps.start()
-        image = reference.decode(data)
-        laps.lap("decode")
-        rect = reference.detect(image)
-        laps.lap("detect")
-        shape = reference.landmarks(image, rect)
-        laps.lap("landmarks")
-        chip = reference.chip(image, shape)
-        laps.lap("align")
-        reference.descriptor(chip)
-        laps.lap("embed")
+    dlib_one = dlib_stages(reference)
 
     stage_repeats = max(1, repeats // 2)
     say("biofleet stages")

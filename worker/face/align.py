@@ -12,6 +12,7 @@ Steps, as dlib does them (dlib/image_transforms/interpolation.h):
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -120,16 +121,20 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return value
 
 
-def face_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
-    """The aligned face chip dlib.get_face_chip(image, detection, size, padding) would give.
+@dataclass(frozen=True)
+class ChipPlan:
+    """Where a chip's pixels come from: the crop box (left, top, right, bottom, inclusive) of the
+    image, or None when the face lies outside it; the pyramid_down steps applied to the crop; and
+    the chip corners tl, tr, bl in the reduced crop."""
 
-    image: (H, W, 3) uint8 RGB (or (H, W) grey); landmarks: (5, 2) image points (x, y) in the
-    order of dlib's 5-point shape predictor. Returns (size, size, 3) uint8 (or (size, size)).
-    """
-    grey = image.ndim == 2
-    if grey:
-        image = image[:, :, None]
-    h, w = image.shape[:2]
+    box: tuple[int, int, int, int] | None
+    levels: int
+    corners: np.ndarray
+
+
+def plan_chip(landmarks: np.ndarray, shape: tuple[int, int], size: int, padding: float) -> ChipPlan:
+    """dlib.get_face_chip's crop and pyramid level for an image of shape (H, W)."""
+    h, w = shape
     rect, angle = chip_rect(landmarks, size, padding)
     area = size * size
 
@@ -148,21 +153,37 @@ def face_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150, padding
         min(corners[:, 1].max() + grow, h - 1.0),
     ]
     bl, bt, br, bb = (int(math.floor(v + 0.5)) for v in box)
-    if bl > br or bt > bb:  # the face lies entirely outside the image
-        return np.zeros((size, size) + (() if grey else image.shape[2:]), dtype=np.uint8)
-    source = image[bt : bb + 1, bl : br + 1]
+    if bl > br or bt > bb:
+        return ChipPlan(None, 0, corners[:3])
 
-    # Pick the pyramid level where the rectangle is at most twice the chip, shrinking to it.
+    # The pyramid level where the rectangle is at most twice the chip, shrinking to it.
     r = rect.shifted(-bl, -bt)
     levels = 0
     while r.down().area() > area:
         levels += 1
         r = r.down()
-    for _ in range(min(levels, depth)):
+    return ChipPlan((bl, bt, br, bb), min(levels, depth), r.rotated_corners(angle)[:3])
+
+
+def face_chip(image: np.ndarray, landmarks: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """The aligned face chip dlib.get_face_chip(image, detection, size, padding) would give.
+
+    image: (H, W, 3) uint8 RGB (or (H, W) grey); landmarks: (5, 2) image points (x, y) in the
+    order of dlib's 5-point shape predictor. Returns (size, size, 3) uint8 (or (size, size)).
+    """
+    grey = image.ndim == 2
+    if grey:
+        image = image[:, :, None]
+    plan = plan_chip(landmarks, image.shape[:2], size, padding)
+    if plan.box is None:  # the face lies entirely outside the image
+        return np.zeros((size, size) + (() if grey else image.shape[2:]), dtype=np.uint8)
+    bl, bt, br, bb = plan.box
+    source = image[bt : bb + 1, bl : br + 1]
+    for _ in range(plan.levels):
         source = pyramid_down(source)
 
     # Chip corners (0,0), (size-1,0), (0,size-1) -> rotated rectangle corners tl, tr, bl.
-    tl, tr, bl_ = r.rotated_corners(angle)[:3]
+    tl, tr, bl_ = plan.corners
     steps = np.arange(size, dtype=np.float64) / (size - 1)
     cs, rs = np.meshgrid(steps, steps)
     x = tl[0] + cs * (tr[0] - tl[0]) + rs * (bl_[0] - tl[0])

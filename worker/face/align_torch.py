@@ -9,13 +9,12 @@ the rectangle is at most twice the chip, then one batched bilinear grid_sample
 the image are black. Within 1 grey level of dlib on average (float sums, not dlib's integers).
 """
 
-import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from worker.face.align import chip_rect
+from worker.face.align import plan_chip
 
 def _pyramid_down(image: torch.Tensor) -> torch.Tensor:
     """dlib's pyramid_down<2> on (C, H, W) float values 0..255: ((H-3)//2, (W-3)//2) output
@@ -33,38 +32,18 @@ def _pyramid_down(image: torch.Tensor) -> torch.Tensor:
 def _source(image: np.ndarray, landmarks: np.ndarray, size: int, padding: float, device) -> tuple:
     """Face i's pixels at the pyramid level dlib samples from (C, h, w float on device) and the
     chip corners tl, tr, bl in them."""
-    h, w = image.shape[:2]
-    rect, angle = chip_rect(landmarks, size, padding)
-    area = size * size
-    depth, grow = 0, 2.0
-    r = rect.down()
-    while r.area() > area:
-        r = r.down()
-        depth += 1
-        grow = grow * 2 + 2
-    corners = rect.rotated_corners(angle)
-    box = [
-        max(corners[:, 0].min() - grow, 0.0),
-        max(corners[:, 1].min() - grow, 0.0),
-        min(corners[:, 0].max() + grow, w - 1.0),
-        min(corners[:, 1].max() + grow, h - 1.0),
-    ]
-    bl, bt, br, bb = (int(math.floor(v + 0.5)) for v in box)
-    if bl > br or bt > bb:
+    plan = plan_chip(landmarks, image.shape[:2], size, padding)
+    if plan.box is None:
         return None, None
+    bl, bt, br, bb = plan.box
     source = torch.from_numpy(np.ascontiguousarray(image[bt : bb + 1, bl : br + 1])).to(device)
     source = source.permute(2, 0, 1).float()
-    r = rect.shifted(-bl, -bt)
-    levels = 0
-    while r.down().area() > area:
-        levels += 1
-        r = r.down()
-    for _ in range(min(levels, depth)):
+    for _ in range(plan.levels):
         if source.shape[1] <= 8 or source.shape[2] <= 8:
             source = source[:, :0, :0]
             break
         source = _pyramid_down(source)
-    return source, r.rotated_corners(angle)[:3]
+    return source, plan.corners
 
 
 def face_chips(
