@@ -7,8 +7,12 @@ different people, which is what makes FMR 1e-3 and 1e-4 measurable on a 1,000-pa
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMPOSTOR_MODES = ("all", "pairs")
 
@@ -32,7 +36,7 @@ def all_impostor_distances(names: list[str], descriptors) -> "np.ndarray":
 
 def version_preprocessing(settings, version: str) -> dict:
     """A preset's preprocessing, else the registered version's (needs the database)."""
-    from worker.variants import PRESETS
+    from worker.versions import PRESETS
 
     if version in PRESETS:
         return PRESETS[version]
@@ -103,20 +107,17 @@ def calibrate(pairs_file: Path, root: Path, version: str | None, target_fmr: flo
     --target-fmr with a bootstrap interval; --save stores it on the version."""
     import numpy as np
 
-    from cli.face import _descriptors, _load_pairs, _pipeline, _setup
+    from cli.common import descriptors, load_face_pipeline, load_pairs, setup
     from worker.face.calibration import calibrate as compute
     from worker.face.calibration import plot_calibration
-    from worker.variants import MultiEmbedder
 
-    settings = _setup()
+    settings = setup()
     version = version or settings.model_version
     preprocessing = version_preprocessing(settings, version)
-    pairs, images = _load_pairs(pairs_file, root)
-    with _pipeline(settings, multiple_faces="largest") as pipeline:
-        multi = MultiEmbedder(pipeline.embedder)
-        multi.want = {version: preprocessing}
-        pipeline.embedder = multi
-        results = _descriptors(pipeline.process, root, images, batch_size, version)
+    pairs, images = load_pairs(pairs_file, root)
+    with load_face_pipeline(settings, multiple_faces="largest") as pipeline:
+        variants = {version: preprocessing}
+        results = descriptors(lambda data: pipeline.process(data, variants=variants), root, images, batch_size, version)
 
     def distance(a, b) -> float:
         return float(np.linalg.norm(results[a].descriptor - results[b].descriptor))

@@ -293,7 +293,6 @@ def _clear_caches() -> None:
 
     get_settings.cache_clear()
     get_celery.cache_clear()
-    sys.modules.pop("celeryconfig", None)
     dispose_engines()
 
 

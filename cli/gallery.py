@@ -11,17 +11,10 @@ import uuid
 
 import click
 
+from cli.common import database_url
+
 MAX_KEYS = 10  # images per reenroll job (JobMessage.blob_keys)
 REENROLL_MAX_QUEUED = 8  # reenroll messages in Redis at once: a worker batch holds at most this many
-
-
-def _database_url(settings) -> str:
-    from shared.services import ServiceNotConfigured, resolve
-
-    try:
-        return resolve(settings).database_url
-    except ServiceNotConfigured as error:
-        raise click.ClickException(str(error)) from None
 
 
 def _settings():
@@ -39,7 +32,7 @@ def _run(settings, fn):
     from shared.gallery import GalleryError
 
     try:
-        with session_scope(_database_url(settings)) as session:
+        with session_scope(database_url(settings)) as session:
             return fn(session)
     except GalleryError as error:
         raise click.ClickException(str(error)) from None
@@ -86,10 +79,10 @@ def register(name: str, jitter: int | None, flip: bool | None, threshold: float 
     Known names (dlib-resnet-v1, dlib-resnet-v1-jitter4, dlib-resnet-v1-flip) take their
     preprocessing from the preset; any other name needs --jitter or --flip (or neither: plain)."""
     from worker.face.weights import RECOGNITION_MODEL, model_path, sha256_file
-    from worker.variants import ARCHITECTURE, BASE_PREPROCESSING, PRESETS, check_preprocessing
+    from worker.versions import ARCHITECTURE, check_preprocessing, preset
 
     settings = _settings()
-    preprocessing = dict(PRESETS.get(name, BASE_PREPROCESSING))
+    preprocessing = preset(name)
     if jitter is not None:
         preprocessing["jitter"] = jitter
     if flip:

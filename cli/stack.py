@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import click
 
+from cli.common import database_url
 from shared.services import STACK_FILE, read_stack_file
 
 APP_PROCESSES = ("api", "worker", "callbacks", "flower", "exporter")  # stopped first, in this order
@@ -442,17 +443,6 @@ def keys() -> None:
     """API keys."""
 
 
-def _database_url() -> str:
-    """The configured database, else the running embedded stack's."""
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    database_url = settings.database_url or read_stack_file(settings.state_dir).get("database_url")
-    if not database_url:
-        raise click.ClickException("no database: set BIOFLEET_DATABASE_URL or run `biofleet up`")
-    return database_url
-
-
 @keys.command("create")
 @click.option("--tenant", required=True, help="Tenant name; created when missing.")
 def create_key(tenant: str) -> None:
@@ -460,7 +450,7 @@ def create_key(tenant: str) -> None:
     from shared.db.session import session_scope
     from shared.keys import create_api_key
 
-    with session_scope(_database_url()) as session:
+    with session_scope(database_url()) as session:
         key = create_api_key(session, tenant)
     click.echo(key)
     click.echo(f"callbacks are signed with the tenant's secret: biofleet webhooks secret --tenant {tenant}", err=True)
@@ -475,7 +465,7 @@ def revoke_key(key: str) -> None:
 
     if key == "-":
         key = sys.stdin.readline().strip()
-    with session_scope(_database_url()) as session:
+    with session_scope(database_url()) as session:
         revoked = revoke_api_key(session, key)
     if not revoked:
         raise click.ClickException("no live key matches")

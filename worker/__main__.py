@@ -11,8 +11,9 @@ import sys
 
 from shared.queues import CONSUME_ORDER
 
-CALLBACKS_FLAG = "--callbacks"
 from shared.settings import get_settings
+
+CALLBACKS_FLAG = "--callbacks"
 
 
 def worker_argv(extra: list[str] | None = None) -> list[str]:
@@ -42,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(settings.log_level, json=settings.log_json)
         dispatch(settings)
         return
-    from worker.app import app
+    from worker.app import worker_app
 
-    app.worker_main(worker_argv(argv))
+    worker_app().worker_main(worker_argv(argv))
 
 
 if __name__ == "__main__":

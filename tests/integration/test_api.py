@@ -472,10 +472,12 @@ def test_queue_down_gives_503_and_leaves_nothing(services, tenants):
     from shared import stack
     from shared.db.models import Job
     from shared.db.session import session_scope
+    from celeryconfig import celery_config
     from shared.keys import tenant_for_key
+    from shared.settings import get_settings
 
     dead = Celery("dead-broker")
-    dead.config_from_object("celeryconfig")
+    dead.conf.update(celery_config(get_settings()))
     dead.conf.broker_url = f"redis://127.0.0.1:{stack.free_port()}/0"
     app = create_app()
     app.dependency_overrides[get_publisher] = lambda: dead

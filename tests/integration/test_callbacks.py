@@ -248,7 +248,7 @@ def pipeline():
 def batch_runtime(services, pipeline):
     from shared.blob import open_blob_store
     from shared.settings import get_settings
-    from worker.app import ensure_model_version
+    from worker.versions import ensure_model_version
     from worker.batch import Runtime
 
     settings = get_settings()

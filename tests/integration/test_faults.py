@@ -55,11 +55,13 @@ def broker(services, tmp_path_factory):
 @pytest.fixture(scope="module")
 def publisher(broker):
     """A Celery app configured as the API's, on this module's broker."""
-    import celeryconfig
     from celery import Celery
 
+    from celeryconfig import celery_config
+    from shared.settings import get_settings
+
     app = Celery("biofleet-faults", set_as_current=False)
-    app.config_from_object(celeryconfig)
+    app.conf.update(celery_config(get_settings()))
     app.conf.broker_url = broker.url
     yield app
     app.close()

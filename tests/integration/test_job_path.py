@@ -1,5 +1,5 @@
 """The job path: API -> Redis -> a real batching worker -> Postgres, with real face images; and
-the batch unit of work (worker/batch.py) against real Postgres, without Celery."""
+the batch unit of work (worker/batch/) against real Postgres, without Celery."""
 
 import base64
 import io
@@ -262,7 +262,7 @@ class Recorder:
 def make_runtime(services, pipeline, recorder: Recorder, **settings):
     from shared.blob import open_blob_store
     from shared.settings import get_settings
-    from worker.app import ensure_model_version
+    from worker.versions import ensure_model_version
     from worker.batch import Runtime
 
     current = get_settings().model_copy(update=settings)
@@ -455,7 +455,7 @@ def test_an_unreachable_database_hands_the_batch_back():
 
 def test_republish_sends_the_same_message_to_its_queue(services, redis_client):
     from worker.batch import Delivery
-    from worker.tasks import republish
+    from worker.runtime import republish
 
     kwargs = {
         "v": 1, "job_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "kind": "identify",

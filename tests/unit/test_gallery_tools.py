@@ -9,7 +9,8 @@ import pytest
 from cli.calibrate import all_impostor_distances
 from cli.enroll_dir import StateFile, SubjectSource, idempotency_key, list_subjects
 from worker.face.calibration import bootstrap_interval, calibrate, fmr_at, match_threshold_at_fmr
-from worker.variants import MultiEmbedder, check_preprocessing, embed_variant, jitter_transforms, jittered
+from worker.face.variants import embed_variant, jitter_transforms, jittered
+from worker.versions import check_preprocessing
 
 
 def test_threshold_reproduces_the_fmr_it_was_chosen_for():
@@ -80,17 +81,30 @@ def test_jitter_is_fixed_and_changes_the_chips():
     assert not np.array_equal(once[0], chips[0])
 
 
-def test_multi_embedder_serves_several_versions_in_one_call():
+def test_the_pipeline_gives_each_version_its_descriptor_in_one_pass():
+    """FacePipeline.process(..., variants): one descriptor per version per face, the first also
+    the face's descriptor; cropped images, so only the network (a stub) is involved."""
+    import io
+
+    from PIL import Image
+
+    from worker.face.pipeline import FacePipeline
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (150, 150), (90, 120, 200)).save(buffer, format="PNG")
+    class FixedLandmarks:
+        def landmarks(self, image, box):
+            return np.array([[105, 60], [88, 61], [45, 60], [62, 61], [75, 100]], dtype=float)
+
     inner = SumEmbedder()
-    multi = MultiEmbedder(inner)
-    multi.want = {"plain": {}, "flip": {"flip": True}, "jitter": {"jitter": 4}}
-    chips = np.random.default_rng(2).integers(0, 255, size=(3, 150, 150, 3), dtype=np.uint8)
-    first = multi.embed(chips)
-    assert set(multi.last) == {"plain", "flip", "jitter"}
-    assert np.array_equal(first, multi.last["plain"])
-    assert all(v.shape == (3, 128) for v in multi.last.values())
-    assert np.allclose(multi.last["flip"], embed_variant(inner, chips, {}))  # mirror keeps channel means
-    assert multi.weights_sha256 == "w"
+    variants = {"plain": {}, "flip": {"flip": True}, "jitter": {"jitter": 4}}
+    with FacePipeline(inner, None, FixedLandmarks(), max_pixels=10**8, aligner="numpy") as pipeline:
+        result, = pipeline.process([buffer.getvalue()], cropped=True, variants=variants)
+        plain, = pipeline.process([buffer.getvalue()], cropped=True)
+    assert list(result.descriptors) == ["plain", "flip", "jitter"]
+    assert all(v.shape == (128,) for v in result.descriptors.values())
+    assert np.array_equal(result.descriptor, result.descriptors["plain"])
+    assert np.allclose(result.descriptor, plain.descriptor) and plain.descriptors == {}
 
 
 def test_state_file_keeps_the_last_status_and_counts_failures(tmp_path):

@@ -1,14 +1,14 @@
 """The batching worker's pure parts: message parsing, outcomes, distances, signatures, prefetch."""
 
-import importlib
-import sys
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shared.settings import get_settings
+from celeryconfig import celery_config, prefetch_multiplier
+from shared.settings import Settings
 from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
 from shared.webhooks import new_secret, signed_headers
 from worker.callbacks import backoff_s
@@ -110,16 +110,13 @@ def test_callback_backoff_doubles_up_to_a_cap():
 
 
 @pytest.fixture
-def celeryconfig(monkeypatch):
-    """celeryconfig imported with explicit service URLs (it reads settings at import)."""
-    monkeypatch.setenv("BIOFLEET_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("BIOFLEET_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
-    monkeypatch.setenv("BIOFLEET_BLOB_URL", "file:///nonexistent")
-    get_settings.cache_clear()
-    sys.modules.pop("celeryconfig", None)
-    yield importlib.import_module("celeryconfig")
-    sys.modules.pop("celeryconfig", None)
-    get_settings.cache_clear()
+def celeryconfig():
+    """The Celery configuration for settings with explicit service URLs."""
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0", database_url="postgresql://nobody@127.0.0.1:1/none",
+        blob_url="file:///nonexistent",
+    )  # fmt: skip
+    return SimpleNamespace(**celery_config(settings), prefetch_multiplier=prefetch_multiplier)
 
 
 @pytest.mark.parametrize(("batch", "batches", "processes"), [(32, 2, 1), (16, 2, 1), (32, 2, 4), (1, 1, 1), (8, 0, 3)])

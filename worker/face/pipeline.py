@@ -22,10 +22,11 @@ header (the working copy and what its face keeps), for worker.batch's per-batch 
 
 import logging
 import math
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetect
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
+from worker.face.variants import embed_variant
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +184,17 @@ class FacePipeline:
         self.cropped_detector = CroppedDetector()
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="face")
 
-    def process(self, images: list[bytes], cropped: bool | list[bool] = False) -> list[FaceResult]:
+    def process(
+        self,
+        images: list[bytes],
+        cropped: bool | list[bool] = False,
+        variants: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> list[FaceResult]:
         """images: encoded image bytes; cropped: per image (or for all) whether it is already a
-        face crop (no detection: the whole image is the face). Returns one FaceResult per image,
-        in order."""
+        face crop (no detection: the whole image is the face); variants: model version ->
+        preprocessing (worker.face.variants), each face's descriptor per version in
+        FaceResult.descriptors, the first also its descriptor (None: the plain descriptor only).
+        Returns one FaceResult per image, in order."""
         flags = [cropped] * len(images) if isinstance(cropped, bool) else list(cropped)
         if len(flags) != len(images):
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
@@ -218,14 +227,21 @@ class FacePipeline:
         self._batch_chips([p for p in stage if isinstance(p, _Face) and p.chip is None])
 
         faces = [p for p in stage if isinstance(p, _Face)]
+        by_version: dict[str, np.ndarray] = {}
         if faces:
-            descriptors = np.asarray(self.embedder.embed(np.stack([f.chip for f in faces])), dtype=np.float32)
+            chips = np.stack([f.chip for f in faces])
+            by_version = {name: embed_variant(self.embedder, chips, pre) for name, pre in (variants or {}).items()}
+            first = next(iter(by_version.values()), None)
+            descriptors = first if first is not None else np.asarray(self.embedder.embed(chips), dtype=np.float32)
         found_at = iter(range(len(faces)))
         results = []
         for p in stage:
             if isinstance(p, _Face):
-                descriptor = descriptors[next(found_at)]
-                results.append(FaceResult(descriptor=descriptor, box=p.box, landmarks=p.landmarks, detector=p.detector))
+                k = next(found_at)
+                results.append(
+                    FaceResult(descriptor=descriptors[k], box=p.box, landmarks=p.landmarks, detector=p.detector,
+                               descriptors={name: rows[k] for name, rows in by_version.items()})
+                )  # fmt: skip
             else:
                 results.append(p)
         return results
