@@ -4,7 +4,7 @@ desired: the replica count target tracking asks for now, from the live queue dep
 publish --cloudwatch: BacklogPerWorker, Workers and QueueDepth per queue into CloudWatch, on an
 interval (a sidecar or a periodic task next to the fleet).
 simulate --trace FILE.csv: replay an arrival trace through the policy and worker models of
-bench.scaling_sim; prints a table per target, writes a PNG (and JSON with --out).
+cli.scaling_sim; prints a table per target, writes a PNG (and JSON with --out).
 """
 
 import json
@@ -161,7 +161,7 @@ def simulate(trace_path: Path, per_worker: tuple[float, ...], plot_path: Path | 
     """Replay an arrival trace through the scaling policy and the batching worker model."""
     from dataclasses import replace
 
-    from bench import scaling_sim as sim
+    from cli import scaling_sim as sim
     from shared.settings import get_settings
 
     settings = get_settings()

@@ -208,7 +208,7 @@ def test_keda_objects_have_only_keda_fields():
 
 
 def test_worker_scaler_reads_the_depth_and_a_redis_list_per_queue():
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     spec = find("ScaledObject", "worker")["spec"]
     assert spec["scaleTargetRef"]["name"] == "worker"
@@ -255,7 +255,7 @@ def test_metrics_are_not_on_the_api_service():
 
 
 def test_scaler_numbers_match_the_simulator_defaults():
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     spec = find("ScaledObject", "worker")["spec"]
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
@@ -359,7 +359,7 @@ def test_cloudformation_tracks_the_published_metric():
     bucket = next(r for r in resources.values() if r["Type"] == "AWS::S3::Bucket")["Properties"]
     assert bucket["BucketEncryption"] and bucket["LifecycleConfiguration"]["Rules"]
     assert template["Parameters"]["InstanceType"]["Default"] in ("g5.xlarge", "g6.xlarge")
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     assert template["Parameters"]["TargetBacklogPerWorker"]["Default"] == Policy().per_worker
     assert template["Parameters"]["MinWorkers"]["Default"] == Policy().min_replicas

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bench import scaling_sim as sim
+from cli import scaling_sim as sim
 from shared.scaling import (
     BACKLOG_PER_WORKER,
     QUEUE_DEPTH,
