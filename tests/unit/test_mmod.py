@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.face.dlib_format import Reader, read_bn_con
+from worker.face.dlib_format import Reader
+from worker.face.mmod_format import read_bn_con
 from worker.face.errors import WeightsFormatError
-from worker.face.mmod import MmodDetector, pyramid_layout, pyramid_levels, read_mmod
+from worker.face.mmod import MmodDetector, read_mmod
+from worker.face.mmod_pyramid import pyramid_layout, pyramid_levels
 from worker.face.weights import MMOD_DETECTOR, model_path
 
 SAMPLE_PER_FOLDER = 24
