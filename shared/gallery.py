@@ -214,9 +214,9 @@ def reenroll_plan(session, target: str) -> ReenrollPlan:
                 if cropped:
                     entry.cropped.add(key)
         for key in wanted:
-            entry = images.get(key)
-            if entry is None or not entry.keys:
+            found = images.get(key)
+            if found is None or not found.keys:
                 no_images.append(key)
             else:
-                todo.append(entry)
+                todo.append(found)
     return ReenrollPlan(target, cover.source, todo, [row.id for row in pending_jobs], no_images, cover.covered)

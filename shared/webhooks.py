@@ -36,7 +36,9 @@ def ensure_secret(session: Session, tenant_id: uuid.UUID) -> str:
     session.execute(
         update(Tenant).where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None)).values(webhook_secret=new_secret())
     )
-    return session.execute(select(Tenant.webhook_secret).where(Tenant.id == tenant_id)).scalar_one()
+    secret = session.execute(select(Tenant.webhook_secret).where(Tenant.id == tenant_id)).scalar_one()
+    assert secret is not None  # set just above when it was missing
+    return secret
 
 
 def rotate_secret(session: Session, tenant_name: str, grace_s: float) -> str:

@@ -16,6 +16,7 @@ import logging
 import tempfile
 import threading
 import time
+from typing import Any
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -96,7 +97,7 @@ class Dispatcher:
 
     def run(self, stop: threading.Event) -> None:
         settings = self.settings
-        in_flight = set()
+        in_flight: set[Any] = set()
         with ThreadPoolExecutor(settings.callback_concurrency, thread_name_prefix="callback") as pool:
             while not stop.is_set():
                 self.beat()
@@ -165,19 +166,22 @@ class Dispatcher:
             secrets = signing_secrets(session, row.tenant_id)
         try:
             target = check_callback_url(row.url, self.allowed)
+            assert target is not None  # strict: a host that does not resolve is refused
             status = post_pinned(target, row.url, body, signed_headers(secrets, row.id, body),
                                  settings.callback_deadline_s, settings.callback_max_response_bytes)  # fmt: skip
         except CallbackRefused as exc:
             log.warning("callback refused", extra={**extra, "error": str(exc)})
-            self._quietly(lambda s: outbox.give_up(s, row.id, f"refused: {exc}"))
+            refused = f"refused: {exc}"
+            self._quietly(lambda s: outbox.give_up(s, row.id, refused))
             return "failed"
         except CallbackFailed as exc:
             delay = backoff_s(row.attempts + 1)
             new = "pending"
+            error = str(exc)
 
             def record(session):
                 nonlocal new
-                new = outbox.retry_later(session, row.id, str(exc), settings.callback_max_attempts, delay)
+                new = outbox.retry_later(session, row.id, error, settings.callback_max_attempts, delay)
 
             self._quietly(record)
             level = logging.ERROR if new == "failed" else logging.WARNING

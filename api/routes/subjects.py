@@ -21,6 +21,7 @@ from api.errors import ApiError
 from api.schemas import Subject as SubjectOut
 from api.schemas import errors
 from shared import outbox
+from shared.blob import BlobStore
 from shared.db.models import FINAL_STATUSES, AuditRecord, Job, Subject, Template
 from shared.db.session import session_scope
 from shared.jobs import is_subject_id
@@ -123,7 +124,7 @@ def delete_subject(
     subject_id: str,
     tenant_id: Tenant,
     database_url: Annotated[str, Depends(get_database_url)],
-    blobs: Annotated[object, Depends(get_blobs)],
+    blobs: Annotated[BlobStore, Depends(get_blobs)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ):
     """204 once erased; 404 when there is nothing (left) to erase."""
