@@ -83,26 +83,65 @@ def _table(report: dict, version: str, impostors: str):
 
 
 @click.command()
-@click.option("--pairs", "pairs_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="LFW-format pairs file.")  # fmt: skip
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding NAME/NAME_NNNN.jpg images.")  # fmt: skip
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="LFW-format pairs file.",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding NAME/NAME_NNNN.jpg images.",
+)
 @click.option("--model", "version", default=None, help="Model version (default: settings.model_version).")
 @click.option("--target-fmr", default=1e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True))
-@click.option("--impostors", type=click.Choice(IMPOSTOR_MODES), default="all", show_default=True,
-              help="all: every different-person pair of the file's images; pairs: the file's own.")  # fmt: skip
-@click.option("--bootstrap", "rounds", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Bootstrap rounds for the threshold's interval (0: none).")  # fmt: skip
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a PNG: DET curve and score histograms with the threshold marked.")  # fmt: skip
-@click.option("--distances", "distances_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the genuine and impostor distances (.npz) for checking or replotting.")  # fmt: skip
+@click.option(
+    "--impostors",
+    type=click.Choice(IMPOSTOR_MODES),
+    default="all",
+    show_default=True,
+    help="all: every different-person pair of the file's images; pairs: the file's own.",
+)
+@click.option(
+    "--bootstrap",
+    "rounds",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap rounds for the threshold's interval (0: none).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG: DET curve and score histograms with the threshold marked.",
+)
+@click.option(
+    "--distances",
+    "distances_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the genuine and impostor distances (.npz) for checking or replotting.",
+)
 @click.option("--save", is_flag=True, help="Store the threshold on the model version (verifications use it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-def calibrate(pairs_file: Path, root: Path, version: str | None, target_fmr: float, impostors: str, rounds: int,
-              plot: Path | None, distances_path: Path | None, save: bool, as_json: bool,
-              batch_size: int) -> None:  # fmt: skip
+def calibrate(
+    pairs_file: Path,
+    root: Path,
+    version: str | None,
+    target_fmr: float,
+    impostors: str,
+    rounds: int,
+    plot: Path | None,
+    distances_path: Path | None,
+    save: bool,
+    as_json: bool,
+    batch_size: int,
+) -> None:
     """Genuine and impostor distances, EER, FNMR at FMR 1e-2/1e-3/1e-4, and the threshold for
     --target-fmr with a bootstrap interval; --save stores it on the version."""
     import numpy as np

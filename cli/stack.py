@@ -254,9 +254,15 @@ def stack_up(settings, say=print) -> dict:
         # Flower takes tornado options (--name=value); basic auth comes from FLOWER_BASIC_AUTH,
         # which keeps the password out of the process list.
         args = [
-            sys.executable, "-m", "celery", "--broker", redis_url, "flower",
-            f"--port={settings.flower_port}", "--address=127.0.0.1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "--broker",
+            redis_url,
+            "flower",
+            f"--port={settings.flower_port}",
+            "--address=127.0.0.1",
+        ]
         start_app_process("flower", args, flower_env, settings, stack, say)
     if settings.exporter_port and not running(stack, "exporter"):
         if not services.port_is_free(settings.exporter_port, settings.metrics_host):
@@ -322,8 +328,16 @@ def stack_status(settings) -> dict:
     }
     urls = {
         name: stack.get(name)
-        for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url",
-                     "database_url", "blob_url")
+        for name in (
+            "api_url",
+            "flower_url",
+            "metrics_url",
+            "api_metrics_url",
+            "depth_url",
+            "redis_url",
+            "database_url",
+            "blob_url",
+        )
     }
     redis_url = settings.redis_url or urls["redis_url"]
     urls["redis_url"] = redis_url
@@ -374,8 +388,16 @@ def up() -> None:
     table = Table(title="biofleet is up", show_header=False)
     table.add_column("what")
     table.add_column("where", overflow="fold")
-    for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url", "database_url",
-                 "blob_url"):
+    for name in (
+        "api_url",
+        "flower_url",
+        "metrics_url",
+        "api_metrics_url",
+        "depth_url",
+        "redis_url",
+        "database_url",
+        "blob_url",
+    ):
         table.add_row(name.removesuffix("_url"), str(redact(stack.get(name))))
     table.add_row("flower login", f"{settings.flower_user} (password: BIOFLEET_FLOWER_PASSWORD)")
     table.add_row("logs", str(settings.state_dir.resolve() / "logs"))

@@ -160,9 +160,7 @@ def stop_process(proc_or_pid: subprocess.Popen | int, timeout: float = 20) -> No
 # --- valkey ------------------------------------------------------------------------------------
 
 
-def start_valkey(
-    data_dir: Path, port: int | None = None, log_path: Path | None = None
-) -> tuple[subprocess.Popen, str]:
+def start_valkey(data_dir: Path, port: int | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start valkey-server on 127.0.0.1 (a free port unless given), AOF on, data in data_dir.
 
     Returns the process (its own session) and the redis:// URL, once it answers PING.
@@ -177,9 +175,20 @@ def start_valkey(
     for _ in range(tries):
         chosen = port or free_port()
         args = [
-            str(valkey_binary()), "--port", str(chosen), "--bind", "127.0.0.1", "--appendonly", "yes",
-            "--dir", str(data_dir), "--daemonize", "no", "--protected-mode", "yes",
-        ]  # fmt: skip
+            str(valkey_binary()),
+            "--port",
+            str(chosen),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(data_dir),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         log_path = log_path or data_dir / "valkey.log"
         proc = start_process(args, dict(os.environ), log_path, cwd=data_dir)
         url = f"redis://127.0.0.1:{chosen}/0"

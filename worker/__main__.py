@@ -10,7 +10,6 @@ import os
 import sys
 
 from shared.queues import CONSUME_ORDER
-
 from shared.settings import get_settings
 
 CALLBACKS_FLAG = "--callbacks"
@@ -21,16 +20,21 @@ def worker_argv(extra: list[str] | None = None) -> list[str]:
     settings = get_settings()
     return [
         "worker",
-        "--queues", ",".join(CONSUME_ORDER),  # in priority order (celeryconfig)
-        "--pool", "prefork",
-        "--concurrency", str(settings.worker_concurrency),
+        "--queues",
+        ",".join(CONSUME_ORDER),  # in priority order (celeryconfig)
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(settings.worker_concurrency),
         "--task-events",
         "--without-mingle",  # no revoked-task sync at start: biofleet does not revoke jobs
         "--without-gossip",  # workers need not hear each other; Flower reads task events
-        "--hostname", f"biofleet-{os.getpid()}@%h",
-        "--loglevel", settings.log_level.upper(),
+        "--hostname",
+        f"biofleet-{os.getpid()}@%h",
+        "--loglevel",
+        settings.log_level.upper(),
         *(extra or []),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

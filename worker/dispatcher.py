@@ -16,10 +16,10 @@ import logging
 import tempfile
 import threading
 import time
-from typing import Any
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from shared import outbox
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
@@ -109,7 +109,9 @@ class Dispatcher:
                         continue
                     in_flight.add(pool.submit(self._attempt_and_release, row))
                 if in_flight:
-                    _, in_flight = wait(in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED)
+                    _, in_flight = wait(
+                        in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED
+                    )
                 else:
                     stop.wait(settings.callback_poll_interval_s)
             wait(in_flight)
@@ -167,8 +169,14 @@ class Dispatcher:
         try:
             target = check_callback_url(row.url, self.allowed)
             assert target is not None  # strict: a host that does not resolve is refused
-            status = post_pinned(target, row.url, body, signed_headers(secrets, row.id, body),
-                                 settings.callback_deadline_s, settings.callback_max_response_bytes)  # fmt: skip
+            status = post_pinned(
+                target,
+                row.url,
+                body,
+                signed_headers(secrets, row.id, body),
+                settings.callback_deadline_s,
+                settings.callback_max_response_bytes,
+            )
         except CallbackRefused as exc:
             log.warning("callback refused", extra={**extra, "error": str(exc)})
             refused = f"refused: {exc}"
@@ -185,8 +193,11 @@ class Dispatcher:
 
             self._quietly(record)
             level = logging.ERROR if new == "failed" else logging.WARNING
-            log.log(level, "callback failed" + (", abandoned" if new == "failed" else ", will retry"),
-                    extra={**extra, "error": str(exc)})  # fmt: skip
+            log.log(
+                level,
+                "callback failed" + (", abandoned" if new == "failed" else ", will retry"),
+                extra={**extra, "error": str(exc)},
+            )
             return new
         self._quietly(lambda s: outbox.delivered(s, row.id))
         log.info("callback delivered", extra={**extra, "http_status": status})
@@ -206,7 +217,12 @@ def main(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("callback dispatcher started", extra={"concurrency": settings.callback_concurrency,
-                                                   "tenant_concurrency": settings.callback_tenant_concurrency})  # fmt: skip
+    log.info(
+        "callback dispatcher started",
+        extra={
+            "concurrency": settings.callback_concurrency,
+            "tenant_concurrency": settings.callback_tenant_concurrency,
+        },
+    )
     Dispatcher(settings, urls.database_url, client).run(stop)
     log.info("callback dispatcher stopped")

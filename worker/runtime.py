@@ -52,9 +52,8 @@ def load_runtime(settings: Settings) -> Runtime:
     with_db_retry(lambda: ensure_model_version(urls.database_url, settings, sha), settings.db_retry_s)
     log.info(
         "face pipeline ready",
-        extra={"model_version": settings.model_version, "device": str(pipeline.embedder.device),
-               "weights_sha256": sha},
-    )  # fmt: skip
+        extra={"model_version": settings.model_version, "device": str(pipeline.embedder.device), "weights_sha256": sha},
+    )
     return Runtime(
         pipeline=pipeline,
         blobs=open_blob_store(urls.blob_url),

@@ -11,8 +11,8 @@ before and settings.max_job_attempts still bounds the redeliveries.
 """
 
 import logging
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 from cli.calibrate import all_impostor_distances
 from cli.enroll_dir import StateFile, SubjectSource, idempotency_key, list_subjects
 from worker.face.calibration import bootstrap_interval, calibrate, fmr_at, match_threshold_at_fmr
-from worker.face.variants import embed_variant, jitter_transforms, jittered
+from worker.face.variants import jitter_transforms, jittered
 from worker.versions import check_preprocessing
 
 
@@ -45,9 +45,8 @@ def test_all_impostor_distances_match_brute_force():
     names = ["a/a_1.jpg", "a/a_2.jpg", "b/b_1.jpg", "c/c_1.jpg"]
     vectors = rng.normal(size=(4, 128))
     expected = sorted(
-        np.linalg.norm(vectors[i] - vectors[j])
-        for i in range(4) for j in range(i + 1, 4) if names[i][0] != names[j][0]
-    )  # fmt: skip
+        np.linalg.norm(vectors[i] - vectors[j]) for i in range(4) for j in range(i + 1, 4) if names[i][0] != names[j][0]
+    )
     assert np.allclose(sorted(all_impostor_distances(names, vectors)), expected)
 
 
@@ -92,6 +91,7 @@ def test_the_pipeline_gives_each_version_its_descriptor_in_one_pass():
 
     buffer = io.BytesIO()
     Image.new("RGB", (150, 150), (90, 120, 200)).save(buffer, format="PNG")
+
     class FixedLandmarks:
         def landmarks(self, image, box):
             return np.array([[105, 60], [88, 61], [45, 60], [62, 61], [75, 100]], dtype=float)
@@ -99,8 +99,8 @@ def test_the_pipeline_gives_each_version_its_descriptor_in_one_pass():
     inner = SumEmbedder()
     variants = {"plain": {}, "flip": {"flip": True}, "jitter": {"jitter": 4}}
     with FacePipeline(inner, None, FixedLandmarks(), max_pixels=10**8, aligner="numpy") as pipeline:
-        result, = pipeline.process([buffer.getvalue()], cropped=True, variants=variants)
-        plain, = pipeline.process([buffer.getvalue()], cropped=True)
+        (result,) = pipeline.process([buffer.getvalue()], cropped=True, variants=variants)
+        (plain,) = pipeline.process([buffer.getvalue()], cropped=True)
     assert list(result.descriptors) == ["plain", "flip", "jitter"]
     assert all(v.shape == (128,) for v in result.descriptors.values())
     assert np.array_equal(result.descriptor, result.descriptors["plain"])
@@ -122,7 +122,9 @@ def test_state_file_keeps_the_last_status_and_counts_failures(tmp_path):
 
 def test_idempotency_key_follows_subject_images_and_attempt():
     subject = SubjectSource("alice", ["/x/alice/1.jpg", "/x/alice/2.jpg"])
-    assert idempotency_key(subject, 0) == idempotency_key(SubjectSource("alice", ["/y/alice/1.jpg", "/y/alice/2.jpg"]), 0)
+    assert idempotency_key(subject, 0) == idempotency_key(
+        SubjectSource("alice", ["/y/alice/1.jpg", "/y/alice/2.jpg"]), 0
+    )
     assert idempotency_key(subject, 0) != idempotency_key(subject, 1)
     assert idempotency_key(subject, 0) != idempotency_key(SubjectSource("alice", ["/x/alice/1.jpg"]), 0)
 
@@ -133,7 +135,10 @@ def test_list_subjects_takes_image_folders_and_the_first_samples(tmp_path):
         for file in files:
             (tmp_path / name / file).write_bytes(b"x")
     found = list_subjects(str(tmp_path), samples=1)
-    assert [(s.subject_id, [p.rsplit("/", 1)[1] for p in s.images]) for s in found] == [("amy", ["a.jpg"]), ("bob", ["1.png"])]
+    assert [(s.subject_id, [p.rsplit("/", 1)[1] for p in s.images]) for s in found] == [
+        ("amy", ["a.jpg"]),
+        ("bob", ["1.png"]),
+    ]
 
 
 def test_s3_subjects_are_listed_by_folder(monkeypatch):

@@ -26,8 +26,9 @@ def import_alone(name: str) -> str | None:
     """None when `import name` works in a fresh interpreter, else the error's last line."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BIOFLEET_")}
     env["BIOFLEET_STATE_DIR"] = str(ROOT / ".no-such-state")  # no embedded stack to find
-    run = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", f"import {name}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     return None if run.returncode == 0 else f"{name}: {(run.stderr.strip().splitlines() or ['?'])[-1]}"
 
 

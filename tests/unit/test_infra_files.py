@@ -100,20 +100,33 @@ SCALED_OBJECT_SCHEMA = {
                     "type": "object",
                     "required": ["name"],
                     "additionalProperties": False,
-                    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")},
+                    "properties": {
+                        k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")
+                    },
                 },
                 "fallback": {
                     "type": "object",
                     "required": ["failureThreshold", "replicas"],
                     "additionalProperties": False,
-                    "properties": {"failureThreshold": {"type": "integer", "minimum": 1},
-                                   "replicas": {"type": "integer", "minimum": 0},
-                                   "behavior": {"enum": ["static", "currentReplicas",
-                                                         "currentReplicasIfHigher", "currentReplicasIfLower"]}},
-                },  # fmt: skip
-                **{k: {"type": "integer", "minimum": 0} for k in (
-                    "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
-                    "minReplicaCount", "maxReplicaCount")},  # fmt: skip
+                    "properties": {
+                        "failureThreshold": {"type": "integer", "minimum": 1},
+                        "replicas": {"type": "integer", "minimum": 0},
+                        "behavior": {
+                            "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+                        },
+                    },
+                },
+                **{
+                    k: {"type": "integer", "minimum": 0}
+                    for k in (
+                        "pollingInterval",
+                        "cooldownPeriod",
+                        "initialCooldownPeriod",
+                        "idleReplicaCount",
+                        "minReplicaCount",
+                        "maxReplicaCount",
+                    )
+                },
                 "advanced": {
                     "type": "object",
                     "additionalProperties": False,
@@ -264,7 +277,9 @@ def test_scaler_numbers_match_the_simulator_defaults():
     assert spec["pollingInterval"] == policy.poll_s
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == policy.cooldown_s
     assert {p["type"]: p["value"] for p in behavior["scaleUp"]["policies"]} == {
-        "Pods": policy.scale_up_pods, "Percent": policy.scale_up_percent}  # fmt: skip
+        "Pods": policy.scale_up_pods,
+        "Percent": policy.scale_up_percent,
+    }
     assert behavior["scaleDown"]["policies"] == [{"type": "Pods", "value": policy.scale_down_pods, "periodSeconds": 60}]
 
 

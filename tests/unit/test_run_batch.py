@@ -38,7 +38,9 @@ class StubPipeline:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def process(self, images: list[bytes], cropped: list[bool], variants: dict[str, dict[str, Any]]) -> list[FaceResult]:
+    def process(
+        self, images: list[bytes], cropped: list[bool], variants: dict[str, dict[str, Any]]
+    ) -> list[FaceResult]:
         self.calls.append({"images": len(images), "variants": sorted(variants)})
         results = []
         for data in images:
@@ -86,9 +88,18 @@ class FakeUnitOfWork:
             job.update(status="running", attempts=job["attempts"] + 1, batch_id=batch_id)
             job["model_version"] = job.get("model_version") or model_version
             rows.append(
-                JobRow(job_id, tenant, job["kind"], job["subject"], job["top_k"], False, job["blob_keys"],
-                       job["callback_url"], job["attempts"])
-            )  # fmt: skip
+                JobRow(
+                    job_id,
+                    tenant,
+                    job["kind"],
+                    job["subject"],
+                    job["top_k"],
+                    False,
+                    job["blob_keys"],
+                    job["callback_url"],
+                    job["attempts"],
+                )
+            )
         return rows
 
     def final_among(self, jobs: list[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
@@ -122,30 +133,66 @@ class FakeUnitOfWork:
         if job["status"] in FINAL_STATUSES:
             return False
         outcome = item.outcome
-        job.update(status=outcome.status, result=outcome.result, error_code=outcome.error_code,
-                   batch_id=batch_id, model_version=model_version)  # fmt: skip
+        job.update(
+            status=outcome.status,
+            result=outcome.result,
+            error_code=outcome.error_code,
+            batch_id=batch_id,
+            model_version=model_version,
+        )
         rows = [(model_version, outcome.templates)] + list(outcome.extra_templates.items())
         for version, templates in rows:
             for index, descriptor, _ in templates:
-                self.templates.append({"tenant_id": item.tenant_id, "subject": item.subject, "version": version,
-                                       "vector": np.asarray(descriptor), "job": item.job_id, "index": index})  # fmt: skip
+                self.templates.append(
+                    {
+                        "tenant_id": item.tenant_id,
+                        "subject": item.subject,
+                        "version": version,
+                        "vector": np.asarray(descriptor),
+                        "job": item.job_id,
+                        "index": index,
+                    }
+                )
         return True
 
     def add_callbacks(self, job_ids: list[uuid.UUID]) -> None:
         self.outbox += job_ids
 
     # test helpers
-    def queue(self, blobs: FileBlobStore, kind: str, images: list[bytes], subject: str | None = None,
-              tenant: uuid.UUID | None = None, top_k: int | None = None, callback_url: str | None = None) -> Delivery:  # fmt: skip
+    def queue(
+        self,
+        blobs: FileBlobStore,
+        kind: str,
+        images: list[bytes],
+        subject: str | None = None,
+        tenant: uuid.UUID | None = None,
+        top_k: int | None = None,
+        callback_url: str | None = None,
+    ) -> Delivery:
         """A queued job with its images stored, and its message."""
         job_id, tenant = uuid.uuid4(), tenant or uuid.uuid4()
         keys = [f"{tenant}/{job_id}/{i}" for i in range(len(images))]
         for key, data in zip(keys, images):
             blobs.put(key, data)
-        self.jobs[job_id] = {"tenant_id": tenant, "kind": kind, "subject": subject, "top_k": top_k,
-                             "blob_keys": keys, "callback_url": callback_url, "status": "queued", "attempts": 0}  # fmt: skip
-        kwargs = {"job_id": str(job_id), "tenant_id": str(tenant), "kind": kind, "blob_keys": keys,
-                  "subject_id": subject, "top_k": top_k, "submitted_at": time.time()}  # fmt: skip
+        self.jobs[job_id] = {
+            "tenant_id": tenant,
+            "kind": kind,
+            "subject": subject,
+            "top_k": top_k,
+            "blob_keys": keys,
+            "callback_url": callback_url,
+            "status": "queued",
+            "attempts": 0,
+        }
+        kwargs = {
+            "job_id": str(job_id),
+            "tenant_id": str(tenant),
+            "kind": kind,
+            "blob_keys": keys,
+            "subject_id": subject,
+            "top_k": top_k,
+            "submitted_at": time.time(),
+        }
         return Delivery(task_id=str(job_id), kwargs=kwargs)
 
     def job(self, delivery: Delivery) -> dict[str, Any]:
@@ -208,7 +255,9 @@ def test_identify_ranks_subjects_by_their_nearest_template(blobs):
     uow = FakeUnitOfWork()
     runtime, _ = make_runtime(blobs)
     tenant = uuid.uuid4()
-    enrolls = [uow.queue(blobs, "enroll", [f"face:{n}".encode()], subject=n, tenant=tenant) for n in ("ann", "bob", "cy")]
+    enrolls = [
+        uow.queue(blobs, "enroll", [f"face:{n}".encode()], subject=n, tenant=tenant) for n in ("ann", "bob", "cy")
+    ]
     run_batch(enrolls, runtime, uow)
     probe = uow.queue(blobs, "identify", [b"face:bob"], tenant=tenant, top_k=2)
     stranger = uow.queue(blobs, "identify", [b"face:bob"], top_k=2)  # another tenant sees nothing
@@ -237,14 +286,19 @@ def test_a_failed_image_fails_only_its_job(blobs):
 def test_a_database_outage_hands_the_batch_back(blobs, fail_from):
     uow = FakeUnitOfWork()
     runtime, republished = make_runtime(blobs, db_retry_s=0.3)
-    jobs = [uow.queue(blobs, "enroll", [b"face:ann"], subject="ann"), uow.queue(blobs, "verify", [b"face:ann"], subject="x")]
+    jobs = [
+        uow.queue(blobs, "enroll", [b"face:ann"], subject="ann"),
+        uow.queue(blobs, "verify", [b"face:ann"], subject="x"),
+    ]
     uow.fail_from = fail_from  # runs: 1 mark running, 2 plan, 3 compare, 4 commit
     report = run_batch(jobs, runtime, uow)
     assert report.republished == 2 and republished == jobs and report.finished == {}
     assert uow.templates == [] and uow.outbox == []
     assert all(uow.job(j)["status"] in ("queued", "running") for j in jobs)
     uow.fail_from = None
-    assert run_batch(republished, runtime, uow).finished == {j.task_id: s for j, s in zip(jobs, ["succeeded", "failed"])}
+    assert run_batch(republished, runtime, uow).finished == {
+        j.task_id: s for j, s in zip(jobs, ["succeeded", "failed"])
+    }
 
 
 def test_an_enrollment_writes_the_active_version_and_every_candidate(blobs):

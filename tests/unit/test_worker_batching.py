@@ -9,8 +9,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from celeryconfig import celery_config, prefetch_multiplier
 from shared.settings import Settings
-from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
 from shared.webhooks import new_secret, signed_headers
+from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
 from worker.callbacks import backoff_s
 from worker.compare import verify
 from worker.face.types import FaceResult
@@ -18,9 +18,13 @@ from worker.face.types import FaceResult
 
 def message(**changes) -> dict:
     kwargs = {
-        "job_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "kind": "verify",
-        "blob_keys": ["t/j/0"], "subject_id": "s", "submitted_at": 1.0,
-    }  # fmt: skip
+        "job_id": str(uuid.uuid4()),
+        "tenant_id": str(uuid.uuid4()),
+        "kind": "verify",
+        "blob_keys": ["t/j/0"],
+        "subject_id": "s",
+        "submitted_at": 1.0,
+    }
     return {**kwargs, **changes}
 
 
@@ -45,10 +49,19 @@ def test_parse_drops_invalid_messages_and_keeps_one_per_job():
 
 def item(kind: str, faces: list[FaceResult]) -> WorkItem:
     return WorkItem(
-        delivery=Delivery("t", {}), message=None, job_id=uuid.uuid4(), tenant_id=uuid.uuid4(), kind=kind,
-        subject="s", top_k=None, cropped=False, blob_keys=[f"k{i}" for i in range(len(faces))],
-        callback_url=None, attempts=1, faces=faces,
-    )  # fmt: skip
+        delivery=Delivery("t", {}),
+        message=None,
+        job_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        kind=kind,
+        subject="s",
+        top_k=None,
+        cropped=False,
+        blob_keys=[f"k{i}" for i in range(len(faces))],
+        callback_url=None,
+        attempts=1,
+        faces=faces,
+    )
 
 
 def test_enroll_outcome_succeeds_with_any_enrolled_image():
@@ -113,9 +126,10 @@ def test_callback_backoff_doubles_up_to_a_cap():
 def celeryconfig():
     """The Celery configuration for settings with explicit service URLs."""
     settings = Settings(
-        redis_url="redis://127.0.0.1:1/0", database_url="postgresql://nobody@127.0.0.1:1/none",
+        redis_url="redis://127.0.0.1:1/0",
+        database_url="postgresql://nobody@127.0.0.1:1/none",
         blob_url="file:///nonexistent",
-    )  # fmt: skip
+    )
     return SimpleNamespace(**celery_config(settings), prefetch_multiplier=prefetch_multiplier)
 
 

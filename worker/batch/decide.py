@@ -57,7 +57,11 @@ def verify_keys(items: list[WorkItem], version: str) -> list[SubjectKey]:
     return [
         (i.tenant_id, i.subject)
         for i in items
-        if i.outcome is None and i.kind == "verify" and i.faces and i.faces[0].ok and i.model_version == version
+        if i.outcome is None
+        and i.kind == "verify"
+        and i.faces
+        and i.faces[0].ok
+        and i.model_version == version
         and i.subject is not None
     ]
 

@@ -34,9 +34,14 @@ def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport
         metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at)
         log.info(
             "job finished",
-            extra={"job_id": str(item.job_id), "batch_id": report.batch_id, "kind": item.kind,
-                   "status": outcome.status, "error_code": outcome.error_code},
-        )  # fmt: skip
+            extra={
+                "job_id": str(item.job_id),
+                "batch_id": report.batch_id,
+                "kind": item.kind,
+                "status": outcome.status,
+                "error_code": outcome.error_code,
+            },
+        )
 
 
 def _delete_blob(blobs: BlobStore, key: str, batch_id: str) -> None:

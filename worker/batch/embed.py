@@ -95,7 +95,9 @@ def _embed_group(pending: list[WorkItem], variants: Variants, runtime: Runtime, 
         for (item, index), result in zip(part_slots, results):
             waiting[id(item)][index] = result
     for item in pending:
-        item.faces = [face or FaceResult(error_code=INTERNAL_ERROR, error_message="no result") for face in waiting[id(item)]]
+        item.faces = [
+            face or FaceResult(error_code=INTERNAL_ERROR, error_message="no result") for face in waiting[id(item)]
+        ]
 
 
 def pixel_parts(runtime: Runtime, images: list[bytes], slots: list[Any]) -> list[tuple[int, int]]:

@@ -149,9 +149,13 @@ def parse(deliveries: Iterable[Delivery], report: BatchReport) -> list[Pair]:
             fields = [".".join(map(str, e["loc"])) for e in exc.errors()] if isinstance(exc, ValidationError) else []
             log.warning(
                 "dropped invalid message",
-                extra={"task_id": delivery.task_id, "batch_id": report.batch_id, "error": type(exc).__name__,
-                       "fields": fields},
-            )  # fmt: skip
+                extra={
+                    "task_id": delivery.task_id,
+                    "batch_id": report.batch_id,
+                    "error": type(exc).__name__,
+                    "fields": fields,
+                },
+            )
             report.dropped += 1
             continue
         if message.job_id in seen:  # the same job twice in one batch: done once

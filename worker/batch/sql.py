@@ -36,16 +36,29 @@ class SqlJobsRepository:
                 model_version=func.coalesce(Job.model_version, model_version),  # reenroll: its target
             )
             .returning(
-                Job.id, Job.tenant_id, Job.kind, Job.subject_external_id, Job.top_k, Job.cropped,
-                Job.blob_keys, Job.callback_url, Job.attempts,
-            )  # fmt: skip
+                Job.id,
+                Job.tenant_id,
+                Job.kind,
+                Job.subject_external_id,
+                Job.top_k,
+                Job.cropped,
+                Job.blob_keys,
+                Job.callback_url,
+                Job.attempts,
+            )
         ).all()
         return [
             JobRow(
-                job_id=row.id, tenant_id=row.tenant_id, kind=row.kind, subject=row.subject_external_id,
-                top_k=row.top_k, cropped=bool(row.cropped), blob_keys=list(row.blob_keys or []),
-                callback_url=row.callback_url, attempts=row.attempts,
-            )  # fmt: skip
+                job_id=row.id,
+                tenant_id=row.tenant_id,
+                kind=row.kind,
+                subject=row.subject_external_id,
+                top_k=row.top_k,
+                cropped=bool(row.cropped),
+                blob_keys=list(row.blob_keys or []),
+                callback_url=row.callback_url,
+                attempts=row.attempts,
+            )
             for row in rows
         ]
 
@@ -60,7 +73,9 @@ class SqlJobsRepository:
             select(ModelVersion).where(ModelVersion.architecture == architecture).order_by(ModelVersion.name)
         ).scalars()
         return [
-            VersionRow(r.name, r.status, float(r.threshold), dict(r.preprocessing or PRESETS.get(r.name, {})), r.weights_sha256)
+            VersionRow(
+                r.name, r.status, float(r.threshold), dict(r.preprocessing or PRESETS.get(r.name, {})), r.weights_sha256
+            )
             for r in rows
         ]
 
@@ -114,10 +129,15 @@ class SqlJobsRepository:
         ).scalar_one()
         rows = [
             {
-                "id": uuid.uuid4(), "tenant_id": item.tenant_id, "subject_id": subject_id,
-                "model_version": model_version, "embedding": np.asarray(descriptor, dtype=np.float32),
-                "source_job_id": item.job_id, "image_index": index, "image_key": key,
-            }  # fmt: skip
+                "id": uuid.uuid4(),
+                "tenant_id": item.tenant_id,
+                "subject_id": subject_id,
+                "model_version": model_version,
+                "embedding": np.asarray(descriptor, dtype=np.float32),
+                "source_job_id": item.job_id,
+                "image_index": index,
+                "image_key": key,
+            }
             for index, descriptor, key in templates
         ]
         self.session.execute(

@@ -31,9 +31,9 @@ from worker.face.mmod_pyramid import (
     PYRAMID_FACTOR,
     Detection,
     PyramidLayout,
-    tile_levels,
     pyramid_layout,
     pyramid_up,
+    tile_levels,
 )
 
 # (in channels, out channels, kernel, stride, padding) of the convs, from the input upward.
@@ -192,8 +192,14 @@ def _round_rect(values: np.ndarray) -> np.ndarray:
 class MmodDetector:
     """The ported MMOD face detector on one device; load once per process."""
 
-    def __init__(self, model: MmodNet, options: MmodOptions, pyramid: PyramidInput, device: torch.device,
-                 max_batch_pixels: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: MmodNet,
+        options: MmodOptions,
+        pyramid: PyramidInput,
+        device: torch.device,
+        max_batch_pixels: int | None = None,
+    ):
         self.model = model
         self.options = options
         self.pyramid = pyramid

@@ -124,11 +124,18 @@ def read_mmod_loss(reader: Reader) -> MmodOptions:
         windows = tuple(reader.sequence(_read_window, "detector windows"))
     if not windows or any(w.width < 1 or w.height < 1 for w in windows):
         raise reader.fail(f"mmod_options: unusable detector windows {windows}", start)
-    values = [reader.double(what) for what in (
-        "loss_per_false_alarm", "loss_per_missed_target", "truth_match_iou_threshold",
-        "overlaps_nms iou", "overlaps_nms percent covered",
-        "overlaps_ignore iou", "overlaps_ignore percent covered",
-    )]  # fmt: skip
+    values = [
+        reader.double(what)
+        for what in (
+            "loss_per_false_alarm",
+            "loss_per_missed_target",
+            "truth_match_iou_threshold",
+            "overlaps_nms iou",
+            "overlaps_nms percent covered",
+            "overlaps_ignore iou",
+            "overlaps_ignore percent covered",
+        )
+    ]
     pyramid, regression, bbr_lambda = True, False, 100.0
     if version >= 3:
         pyramid = bytes(reader.take(1, "use_image_pyramid"))[0] != 0
@@ -149,7 +156,7 @@ class PyramidInput:
 
 
 def read_pyramid_input(reader: Reader) -> PyramidInput:
-    """"input_rgb_image_pyramid" (paddings 10 and 11 implied) or "...pyramid2" (paddings stored)."""
+    """ "input_rgb_image_pyramid" (paddings 10 and 11 implied) or "...pyramid2" (paddings stored)."""
     start = reader.offset
     name = reader.string("input layer name")
     if name not in ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"):

@@ -89,10 +89,13 @@ def _original_box(box: Box, work: Working) -> Box:
     if not work.reduced:
         return box
     return clip_box(
-        math.floor(box.left * work.scale_x), math.floor(box.top * work.scale_y),
-        math.ceil((box.right + 1) * work.scale_x) - 1, math.ceil((box.bottom + 1) * work.scale_y) - 1,
-        work.width, work.height,
-    )  # fmt: skip
+        math.floor(box.left * work.scale_x),
+        math.floor(box.top * work.scale_y),
+        math.ceil((box.right + 1) * work.scale_x) - 1,
+        math.ceil((box.bottom + 1) * work.scale_y) - 1,
+        work.width,
+        work.height,
+    )
 
 
 def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.ndarray]:
@@ -109,7 +112,10 @@ def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.n
     h, w = source.pixels.shape[:2]
     margin = 0.05 * side + 4
     left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
-    right, bottom = min(w, math.ceil(corners[:, 0].max() + margin) + 1), min(h, math.ceil(corners[:, 1].max() + margin) + 1)
+    right, bottom = (
+        min(w, math.ceil(corners[:, 0].max() + margin) + 1),
+        min(h, math.ceil(corners[:, 1].max() + margin) + 1),
+    )
     if left >= right or top >= bottom:
         return source, landmarks
     factor = CHIP_SIZE / side
@@ -119,14 +125,20 @@ def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.n
     fx, fy = (right - left) / size[0], (bottom - top) / size[1]  # source pixels per new pixel
     # New pixel centre j sits at source pixel left + (j + 0.5) * fx - 0.5.
     points = np.stack([(landmarks[:, 0] - left + 0.5) / fx - 0.5, (landmarks[:, 1] - top + 0.5) / fy - 0.5], axis=1)
-    shrunk = Region(pixels, source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
-                    source.top + (top + 0.5 * fy - 0.5) * source.scale_y, source.scale_x * fx, source.scale_y * fy)  # fmt: skip
+    shrunk = Region(
+        pixels,
+        source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
+        source.top + (top + 0.5 * fy - 0.5) * source.scale_y,
+        source.scale_x * fx,
+        source.scale_y * fy,
+    )
     return shrunk, points
 
 
 def _scale_box(box: Box, work: Working, region: Region) -> Box:
     """A working-copy box -> the same box in a region's pixels (not clipped: the predictor reads
     around it either way)."""
+
     def x(v: float) -> int:
         return round(((v + 0.5) * work.scale_x - 0.5 - region.left) / region.scale_x)
 
@@ -239,9 +251,14 @@ class FacePipeline:
             if isinstance(p, _Face):
                 k = next(found_at)
                 results.append(
-                    FaceResult(descriptor=descriptors[k], box=p.box, landmarks=p.landmarks, detector=p.detector,
-                               descriptors={name: rows[k] for name, rows in by_version.items()})
-                )  # fmt: skip
+                    FaceResult(
+                        descriptor=descriptors[k],
+                        box=p.box,
+                        landmarks=p.landmarks,
+                        detector=p.detector,
+                        descriptors={name: rows[k] for name, rows in by_version.items()},
+                    )
+                )
             else:
                 results.append(p)
         return results
@@ -284,8 +301,12 @@ class FacePipeline:
             corners = source.to_original(rect.rotated_corners(angle))
             scale = max(work.scale_x, work.scale_y)
             margin = 0.1 * side * scale + 4
-            region = (corners[:, 0].min() - margin, corners[:, 1].min() - margin,
-                      corners[:, 0].max() + margin, corners[:, 1].max() + margin)  # fmt: skip
+            region = (
+                corners[:, 0].min() - margin,
+                corners[:, 1].min() - margin,
+                corners[:, 0].max() + margin,
+                corners[:, 1].max() + margin,
+            )
             source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
             face = _scale_box(box, work, source)
             landmarks = self.landmarker.landmarks(source.pixels, face)
@@ -354,13 +375,15 @@ class FacePipeline:
         except Exception as error:
             if not out_of_memory(error):
                 raise
-            log.warning("CUDA out of memory in batched detection; splitting the batch in halves",
-                        extra={"images": len(batch)})
+            log.warning(
+                "CUDA out of memory in batched detection; splitting the batch in halves", extra={"images": len(batch)}
+            )
             if len(batch) == 1:
                 return [error]
             half = len(batch) // 2
-            return (self._detect_halving(detect_many, decoded, batch[:half])
-                    + self._detect_halving(detect_many, decoded, batch[half:]))
+            return self._detect_halving(detect_many, decoded, batch[:half]) + self._detect_halving(
+                detect_many, decoded, batch[half:]
+            )
 
     def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
         """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
