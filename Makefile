@@ -6,17 +6,24 @@ GPU_VENV := .gpu-venv
 GPU_STAMP := $(GPU_VENV)/.installed
 BUNDLE := bench/gpu-bundle/manifest.json
 
-.PHONY: install test run down bench gpu-bundle gpu-rehearsal clean
+.PHONY: install lint test run down bench gpu-bundle gpu-rehearsal clean
 
 $(STAMP): pyproject.toml requirements/*.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/dev.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: install
+# Lint and format check (ruff), types (mypy on api/, shared/, worker/), import rules (import-linter).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(VENV)/bin/pytest
 
 run: install

@@ -44,10 +44,16 @@ class AccessLogMiddleware:
             await self.app(scope, receive, watched_send)
         finally:
             level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 400 else logging.INFO
-            log.log(level, "request", extra={
-                "method": scope["method"], "path": scope["path"], "status": status,
-                "duration_ms": round((time.perf_counter() - start) * 1000, 1),
-            })  # fmt: skip
+            log.log(
+                level,
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                },
+            )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -48,8 +48,9 @@ def _form(properties: dict, required: list[str]) -> dict:
 
 _FILE = {"type": "string", "format": "binary"}
 ENROLLMENT_FORM = _form({"images": {"type": "array", "items": _FILE}}, ["images"])
-VERIFICATION_FORM = _form({"subject_id": {"type": "string", "pattern": SUBJECT_ID_PATTERN}, "image": _FILE},
-                          ["subject_id", "image"])  # fmt: skip
+VERIFICATION_FORM = _form(
+    {"subject_id": {"type": "string", "pattern": SUBJECT_ID_PATTERN}, "image": _FILE}, ["subject_id", "image"]
+)
 IDENTIFICATION_FORM = _form({"image": _FILE, "top_k": {"type": "integer", "default": 5}}, ["image"])
 
 
@@ -115,8 +116,10 @@ class Job(BaseModel):
     kind: JobKind
     status: JobStatus
     subject_id: str | None
-    error: ErrorDetail | None = Field(description="Set when failed: bad_image, image_too_large, no_face, "
-                                      "multiple_faces, subject_not_found, internal_error.")  # fmt: skip
+    error: ErrorDetail | None = Field(
+        description="Set when failed: bad_image, image_too_large, no_face, "
+        "multiple_faces, subject_not_found, internal_error."
+    )
     result: VerifyResult | IdentifyResult | EnrollResult | None
     model_version: str | None
     batch_id: str | None

@@ -181,8 +181,12 @@ def run(args, faces_dir: Path) -> dict:
         "enqueue": enqueue,
         "steps": steps,
         "peak_rss_mib": memory.peak_mib,
-        "workload": {"kind": "verify", "duration_s": args.duration, "drain_s": args.drain,
-                     "worker": "one, default settings"},  # fmt: skip
+        "workload": {
+            "kind": "verify",
+            "duration_s": args.duration,
+            "drain_s": args.drain,
+            "worker": "one, default settings",
+        },
         "machine": machine(resolve_device("auto")),
     }
 
@@ -226,8 +230,16 @@ def print_tables(results: dict) -> None:
 
     console = Console()
     table = Table(title="open-loop load: verifications through the stack, one worker")
-    for name in ("offered/s", "sent", "finished", "submit p50 ms", "submit p99 ms",
-                 "done p50 s", "done p95 s", "done p99 s"):  # fmt: skip
+    for name in (
+        "offered/s",
+        "sent",
+        "finished",
+        "submit p50 ms",
+        "submit p99 ms",
+        "done p50 s",
+        "done p95 s",
+        "done p99 s",
+    ):
         table.add_column(name, justify="right")
 
     def sec(value):
@@ -235,10 +247,15 @@ def print_tables(results: dict) -> None:
 
     for s in results["steps"]:
         table.add_row(
-            f"{s['rate']:g}", str(s["sent"]), str(s["finished"]),
-            f"{1000 * s['submit_p50_s']:.0f}", f"{1000 * s['submit_p99_s']:.0f}",
-            sec(s["completion_p50_s"]), sec(s["completion_p95_s"]), sec(s["completion_p99_s"]),
-        )  # fmt: skip
+            f"{s['rate']:g}",
+            str(s["sent"]),
+            str(s["finished"]),
+            f"{1000 * s['submit_p50_s']:.0f}",
+            f"{1000 * s['submit_p99_s']:.0f}",
+            sec(s["completion_p50_s"]),
+            sec(s["completion_p95_s"]),
+            sec(s["completion_p99_s"]),
+        )
     console.print(table)
     enqueue = results["enqueue"]
     summary = Table(title="load summary", show_header=False)
@@ -247,8 +264,10 @@ def print_tables(results: dict) -> None:
     best = results["max_rate_p95_under_1s"]
     summary.add_row("highest rate with completion p95 < 1 s", "none" if best is None else f"{best:g} jobs/s")
     summary.add_row("API enqueue rate, no worker consuming", f"{enqueue['jobs_per_s']:.0f} jobs/s")
-    summary.add_row("API enqueue latency p50 / p99",
-                    f"{1000 * enqueue['latency_s']['p50']:.0f} / {1000 * enqueue['latency_s']['p99']:.0f} ms")
+    summary.add_row(
+        "API enqueue latency p50 / p99",
+        f"{1000 * enqueue['latency_s']['p50']:.0f} / {1000 * enqueue['latency_s']['p99']:.0f} ms",
+    )
     for name, mib in results["peak_rss_mib"].items():
         summary.add_row(f"peak RSS, {name}", f"{mib:.0f} MiB")
     console.print(summary)

@@ -126,7 +126,9 @@ def photo_plan(name: str, k: int, per_image: int) -> list[dict]:
         elif n % 4 == 1:
             orientation = (6, 8, 3)[n // 4 % 3]
         quality = int(rng.integers(85, 96))
-        plans.append({"frame": frame, "face_px": face_px, "format": fmt, "orientation": orientation, "quality": quality})
+        plans.append(
+            {"frame": frame, "face_px": face_px, "format": fmt, "orientation": orientation, "quality": quality}
+        )
     return plans
 
 
@@ -135,8 +137,18 @@ def _write_photo(task: tuple) -> dict:
     picture, box = place(Image.open(source), plan["frame"], plan["face_px"], seed_of(name))
     out_path.write_bytes(encode(picture, plan["format"], plan["quality"], plan["orientation"]))
     quality = plan["quality"] if plan["format"] != "PNG" else None
-    return asdict(Photo(out_path.name, str(source.name), plan["frame"], plan["face_px"], box,
-                        plan["orientation"], plan["format"], quality))  # fmt: skip
+    return asdict(
+        Photo(
+            out_path.name,
+            str(source.name),
+            plan["frame"],
+            plan["face_px"],
+            box,
+            plan["orientation"],
+            plan["format"],
+            quality,
+        )
+    )
 
 
 def selfie_plan(name: str, k: int) -> dict:
@@ -145,8 +157,13 @@ def selfie_plan(name: str, k: int) -> dict:
     frame = FRAMES[1 + k % 2]
     face_px = int(rng.integers(SELFIE_WIDTHS[0], SELFIE_WIDTHS[1] + 1))
     orientation = (6, 8)[k // 4 % 2] if k % 4 == 3 else 1
-    return {"frame": frame, "face_px": face_px, "format": "JPEG", "orientation": orientation,
-            "quality": int(rng.integers(85, 96))}  # fmt: skip
+    return {
+        "frame": frame,
+        "face_px": face_px,
+        "format": "JPEG",
+        "orientation": orientation,
+        "quality": int(rng.integers(85, 96)),
+    }
 
 
 def _write_selfie(task: tuple) -> None:
@@ -174,7 +191,9 @@ def make_photos(faces_dir: Path, out: Path, per_image: int, jobs: int) -> Path:
         for j, plan in enumerate(photo_plan(source.name, k, per_image)):
             ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[plan["format"]]
             frame = f"{plan['frame'][0]}x{plan['frame'][1]}"
-            tasks.append((source, f"{source.name}/{j}", folder / f"{source.stem}_{frame}_{plan['face_px']}.{j}.{ext}", plan))
+            tasks.append(
+                (source, f"{source.name}/{j}", folder / f"{source.stem}_{frame}_{plan['face_px']}.{j}.{ext}", plan)
+            )
     manifest = _run(tasks, _write_photo, jobs, "photos")
     path = folder / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")

@@ -28,43 +28,91 @@ def build(model: dict | None, batching: dict | None, load: dict | None, cold: di
         per_image = model.get("pipeline_cnn_ms_per_image_batch_32", model["pipeline_ms_per_image_batch_32"])
         dlib_image = sum(model["stages_ms_per_face"]["dlib"].values())
         rows += [
-            ["3 samples (an enrollment), CPU", "about 2-3 s",
-             f"{3 * per_image / 1000:.3f} s (dlib's pipeline: {3 * dlib_image / 1000:.3f} s)", "python -m bench.model"],
-            ["per sample, GPU", "0.2-0.4 s", f"no GPU measured; CPU: {per_image / 1000:.4f} s", "python -m bench.model"],
+            [
+                "3 samples (an enrollment), CPU",
+                "about 2-3 s",
+                f"{3 * per_image / 1000:.3f} s (dlib's pipeline: {3 * dlib_image / 1000:.3f} s)",
+                "python -m bench.model",
+            ],
+            [
+                "per sample, GPU",
+                "0.2-0.4 s",
+                f"no GPU measured; CPU: {per_image / 1000:.4f} s",
+                "python -m bench.model",
+            ],
             ["4 samples with batching", "0.6 s", f"{4 * per_image / 1000:.3f} s on the CPU", "python -m bench.model"],
-            ["descriptor per face, batch 32", "-",
-             f"{model['port_ms_per_face']['32']:.2f} ms (dlib: {model['dlib_ms_per_face']:.1f} ms, "
-             f"{model['ratio_dlib_over_port']['32']:.1f}x)", "python -m bench.model"],
-        ]  # fmt: skip
-        targets["embed_vs_dlib_at_32"] = {"value": model["ratio_dlib_over_port"]["32"], "limit": 10.0,
-                                          "ok": model["ratio_dlib_over_port"]["32"] >= 10.0}  # fmt: skip
-        targets["cpu_ms_per_verification"] = {"value": per_image, "limit": 100 * NOTES_S_PER_SAMPLE_CPU,
-                                              "ok": per_image <= 100 * NOTES_S_PER_SAMPLE_CPU}  # fmt: skip
+            [
+                "descriptor per face, batch 32",
+                "-",
+                f"{model['port_ms_per_face']['32']:.2f} ms (dlib: {model['dlib_ms_per_face']:.1f} ms, "
+                f"{model['ratio_dlib_over_port']['32']:.1f}x)",
+                "python -m bench.model",
+            ],
+        ]
+        targets["embed_vs_dlib_at_32"] = {
+            "value": model["ratio_dlib_over_port"]["32"],
+            "limit": 10.0,
+            "ok": model["ratio_dlib_over_port"]["32"] >= 10.0,
+        }
+        targets["cpu_ms_per_verification"] = {
+            "value": per_image,
+            "limit": 100 * NOTES_S_PER_SAMPLE_CPU,
+            "ok": per_image <= 100 * NOTES_S_PER_SAMPLE_CPU,
+        }
     if batching:
         jobs = batching["jobs_per_s"]
         if "1" in jobs and "32" in jobs:
             speedup = jobs["32"] / jobs["1"] if jobs["1"] else float("inf")
-            rows.append(["verifications/s through the stack, flush 1 -> 32", "-",
-                         f"{jobs['1']:.1f} -> {jobs['32']:.1f} ({speedup:.2f}x)", "python -m bench.batching"])  # fmt: skip
+            rows.append(
+                [
+                    "verifications/s through the stack, flush 1 -> 32",
+                    "-",
+                    f"{jobs['1']:.1f} -> {jobs['32']:.1f} ({speedup:.2f}x)",
+                    "python -m bench.batching",
+                ]
+            )
             targets["batch_32_over_1"] = {"value": speedup, "limit": 2.0, "ok": speedup >= 2.0}
             stack_ms = 1000 / jobs["32"] if jobs["32"] else float("inf")
-            rows.append(["CPU cost per verification, whole stack, flush 32", "2 s per sample",
-                         f"{stack_ms:.0f} ms", "python -m bench.batching"])  # fmt: skip
-            targets["stack_ms_per_verification"] = {"value": stack_ms, "limit": 100 * NOTES_S_PER_SAMPLE_CPU,
-                                                    "ok": stack_ms <= 100 * NOTES_S_PER_SAMPLE_CPU}  # fmt: skip
+            rows.append(
+                [
+                    "CPU cost per verification, whole stack, flush 32",
+                    "2 s per sample",
+                    f"{stack_ms:.0f} ms",
+                    "python -m bench.batching",
+                ]
+            )
+            targets["stack_ms_per_verification"] = {
+                "value": stack_ms,
+                "limit": 100 * NOTES_S_PER_SAMPLE_CPU,
+                "ok": stack_ms <= 100 * NOTES_S_PER_SAMPLE_CPU,
+            }
     if load:
         best = load["max_rate_p95_under_1s"]
         rows += [
-            ["load with completion p95 < 1 s, one CPU worker", "10+ concurrent users",
-             "none tried" if best is None else f"{best:g} verifications/s", "python -m bench.load"],
+            [
+                "load with completion p95 < 1 s, one CPU worker",
+                "10+ concurrent users",
+                "none tried" if best is None else f"{best:g} verifications/s",
+                "python -m bench.load",
+            ],
             ["API enqueue rate, one process", "-", f"{load['enqueue_jobs_per_s']:.0f} jobs/s", "python -m bench.load"],
-            ["peak RSS worker / API under load", "-",
-             f"{load['peak_rss_mib']['worker']:.0f} / {load['peak_rss_mib']['api']:.0f} MiB", "python -m bench.load"],
-        ]  # fmt: skip
+            [
+                "peak RSS worker / API under load",
+                "-",
+                f"{load['peak_rss_mib']['worker']:.0f} / {load['peak_rss_mib']['api']:.0f} MiB",
+                "python -m bench.load",
+            ],
+        ]
     if cold:
         first = cold["first_batch_s"]
-        rows.append(["worker start -> first batch done", "-",
-                     f"{first['cached']:.1f} s cached, {first['not_cached']:.1f} s not", "python -m bench.coldstart"])  # fmt: skip
+        rows.append(
+            [
+                "worker start -> first batch done",
+                "-",
+                f"{first['cached']:.1f} s cached, {first['not_cached']:.1f} s not",
+                "python -m bench.coldstart",
+            ]
+        )
     machine = next((r["machine"] for r in (model, batching, load, cold) if r and "machine" in r), {})
     return {"rows": rows, "targets": targets, "machine": machine}
 

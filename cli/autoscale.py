@@ -4,7 +4,7 @@ desired: the replica count target tracking asks for now, from the live queue dep
 publish --cloudwatch: BacklogPerWorker, Workers and QueueDepth per queue into CloudWatch, on an
 interval (a sidecar or a periodic task next to the fleet).
 simulate --trace FILE.csv: replay an arrival trace through the policy and worker models of
-bench.scaling_sim; prints a table per target, writes a PNG (and JSON with --out).
+cli.scaling_sim; prints a table per target, writes a PNG (and JSON with --out).
 """
 
 import json
@@ -87,8 +87,12 @@ def _worker_count(redis_url: str, asg: str | None, autoscaling) -> int:
 @click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds between publications.")
 @click.option("--once", is_flag=True, help="Publish once and exit.")
 @click.option("--namespace", default="biofleet", show_default=True)
-@click.option("--asg", default=None, help="Count workers as the InService instances of this Auto Scaling group "
-              "(default: Celery workers that answer a ping).")  # fmt: skip
+@click.option(
+    "--asg",
+    default=None,
+    help="Count workers as the InService instances of this Auto Scaling group "
+    "(default: Celery workers that answer a ping).",
+)
 @click.option("--region", default=None, help="AWS region (default: boto3's own lookup).")
 def publish(cloudwatch: bool, interval: float, once: bool, namespace: str, asg: str | None, region: str | None) -> None:
     """Put BacklogPerWorker, Workers and QueueDepth{Queue} into CloudWatch every --interval seconds."""
@@ -119,9 +123,14 @@ def publish(cloudwatch: bool, interval: float, once: bool, namespace: str, asg: 
             data = publish_cloudwatch(client, depths, workers, namespace=namespace)
             log.info(
                 "published",
-                extra={"namespace": namespace, "queues": depths, "backlog": backlog(depths), "workers": workers,
-                       "backlog_per_worker": data[0]["Value"]},
-            )  # fmt: skip
+                extra={
+                    "namespace": namespace,
+                    "queues": depths,
+                    "backlog": backlog(depths),
+                    "workers": workers,
+                    "backlog_per_worker": data[0]["Value"],
+                },
+            )
         except failures as exc:
             if once:
                 raise click.ClickException(f"publish failed: {exc}") from None
@@ -132,36 +141,71 @@ def publish(cloudwatch: bool, interval: float, once: bool, namespace: str, asg: 
 
 
 @autoscale.command()
-@click.option("--trace", "trace_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="CSV: time_s, then jobs/s per queue (infra/traces/).")  # fmt: skip
-@click.option("--per-worker", type=float, multiple=True, help="Target backlog per worker; repeat to compare "
-              "(default: 8, and 2 and 32 to compare).")  # fmt: skip
+@click.option(
+    "--trace",
+    "trace_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV: time_s, then jobs/s per queue (infra/traces/).",
+)
+@click.option(
+    "--per-worker",
+    type=float,
+    multiple=True,
+    help="Target backlog per worker; repeat to compare (default: 8, and 2 and 32 to compare).",
+)
 @click.option("--min-replicas", type=int, default=None, help="Floor (default 2).")
 @click.option("--max-replicas", type=int, default=None, help="Ceiling (default 8).")
 @click.option("--activation", type=int, default=None, help="Backlog at or under this is idle (default 0).")
 @click.option("--cooldown", type=float, default=None, help="Scale-down stabilisation window, s (default 300).")
 @click.option("--poll", type=float, default=None, help="Seconds between metric reads (default 15).")
-@click.option("--startup", type=float, default=None, help="Seconds from asking for a worker to its first batch (default 180).")
+@click.option(
+    "--startup", type=float, default=None, help="Seconds from asking for a worker to its first batch (default 180)."
+)
 @click.option("--scale-up-pods", type=int, default=None, help="Per minute at most max(this, 100%%) more (default 4).")
 @click.option("--scale-down-pods", type=int, default=None, help="Per minute at most this many fewer (default 2).")
-@click.option("--metric", type=click.Choice(["depth", "waiting"]), default=None,
-              help="depth = waiting + reserved (biofleet's metric); waiting = Redis list length only (default depth).")  # fmt: skip
+@click.option(
+    "--metric",
+    type=click.Choice(["depth", "waiting"]),
+    default=None,
+    help="depth = waiting + reserved (biofleet's metric); waiting = Redis list length only (default depth).",
+)
 @click.option("--batch-size", type=int, default=None, help="Default: settings (BIOFLEET_BATCH_SIZE).")
 @click.option("--flush-interval-ms", type=float, default=None, help="Default: settings (BIOFLEET_FLUSH_INTERVAL_MS).")
-@click.option("--model-results", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="bench.model results for service times (default bench/results/model.json).")  # fmt: skip
+@click.option(
+    "--model-results",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="bench.model results for service times (default bench/results/model.json).",
+)
 @click.option("--price-per-hour", type=float, default=None, help="Price of one worker-hour (default 1.006, g5.xlarge).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG to write (default bench/results/scaling_<trace>.png).")  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the results as JSON here.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG to write (default bench/results/scaling_<trace>.png).",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the results as JSON here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
-def simulate(trace_path: Path, per_worker: tuple[float, ...], plot_path: Path | None, out: Path | None, as_json: bool,
-             model_results: Path | None, price_per_hour: float | None, seed: int, **overrides) -> None:  # fmt: skip
+def simulate(
+    trace_path: Path,
+    per_worker: tuple[float, ...],
+    plot_path: Path | None,
+    out: Path | None,
+    as_json: bool,
+    model_results: Path | None,
+    price_per_hour: float | None,
+    seed: int,
+    **overrides,
+) -> None:
     """Replay an arrival trace through the scaling policy and the batching worker model."""
     from dataclasses import replace
 
-    from bench import scaling_sim as sim
+    from cli import scaling_sim as sim
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -190,14 +234,18 @@ def simulate(trace_path: Path, per_worker: tuple[float, ...], plot_path: Path | 
         "trace": str(trace_path),
         "jobs": results[0].jobs,
         "duration_s": trace.duration,
-        "worker": {"batch_size": worker.batch_size, "flush_interval_s": worker.flush_interval_s,
-                   "batch_s": worker.batch_s(worker.batch_size), "jobs_per_s": worker.jobs_per_s,
-                   "service_times_from": worker.source},
+        "worker": {
+            "batch_size": worker.batch_size,
+            "flush_interval_s": worker.flush_interval_s,
+            "batch_s": worker.batch_s(worker.batch_size),
+            "jobs_per_s": worker.jobs_per_s,
+            "service_times_from": worker.source,
+        },
         "price_per_hour": price,
         "seed": seed,
         "results": [r.summary() for r in results],
         "plot": str(plot_path),
-    }  # fmt: skip
+    }
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
@@ -225,9 +273,15 @@ def _print_table(trace, worker, base, results, price, plot_path) -> None:
         table.add_column(name, justify="right")
     for r in results:
         table.add_row(
-            f"{r.policy.per_worker:g}", f"{r.wait_p50_s:.2f}", f"{r.wait_p95_s:.1f}", f"{r.wait_p99_s:.1f}",
-            f"{r.worker_minutes:.0f}", f"{r.cost:.2f}", str(r.peak_workers), f"{r.max_depth:,}",
-        )  # fmt: skip
+            f"{r.policy.per_worker:g}",
+            f"{r.wait_p50_s:.2f}",
+            f"{r.wait_p95_s:.1f}",
+            f"{r.wait_p99_s:.1f}",
+            f"{r.worker_minutes:.0f}",
+            f"{r.cost:.2f}",
+            str(r.peak_workers),
+            f"{r.max_depth:,}",
+        )
     console.print(table)
     worker_line = (
         f"worker: batch {worker.batch_size}, flush {worker.flush_interval_s * 1000:g} ms, "

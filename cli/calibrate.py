@@ -7,8 +7,12 @@ different people, which is what makes FMR 1e-3 and 1e-4 measurable on a 1,000-pa
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMPOSTOR_MODES = ("all", "pairs")
 
@@ -32,7 +36,7 @@ def all_impostor_distances(names: list[str], descriptors) -> "np.ndarray":
 
 def version_preprocessing(settings, version: str) -> dict:
     """A preset's preprocessing, else the registered version's (needs the database)."""
-    from worker.variants import PRESETS
+    from worker.versions import PRESETS
 
     if version in PRESETS:
         return PRESETS[version]
@@ -79,44 +83,80 @@ def _table(report: dict, version: str, impostors: str):
 
 
 @click.command()
-@click.option("--pairs", "pairs_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="LFW-format pairs file.")  # fmt: skip
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding NAME/NAME_NNNN.jpg images.")  # fmt: skip
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="LFW-format pairs file.",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding NAME/NAME_NNNN.jpg images.",
+)
 @click.option("--model", "version", default=None, help="Model version (default: settings.model_version).")
 @click.option("--target-fmr", default=1e-3, show_default=True, type=click.FloatRange(0, 1, min_open=True))
-@click.option("--impostors", type=click.Choice(IMPOSTOR_MODES), default="all", show_default=True,
-              help="all: every different-person pair of the file's images; pairs: the file's own.")  # fmt: skip
-@click.option("--bootstrap", "rounds", default=200, show_default=True, type=click.IntRange(min=0),
-              help="Bootstrap rounds for the threshold's interval (0: none).")  # fmt: skip
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write a PNG: DET curve and score histograms with the threshold marked.")  # fmt: skip
-@click.option("--distances", "distances_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the genuine and impostor distances (.npz) for checking or replotting.")  # fmt: skip
+@click.option(
+    "--impostors",
+    type=click.Choice(IMPOSTOR_MODES),
+    default="all",
+    show_default=True,
+    help="all: every different-person pair of the file's images; pairs: the file's own.",
+)
+@click.option(
+    "--bootstrap",
+    "rounds",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bootstrap rounds for the threshold's interval (0: none).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a PNG: DET curve and score histograms with the threshold marked.",
+)
+@click.option(
+    "--distances",
+    "distances_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the genuine and impostor distances (.npz) for checking or replotting.",
+)
 @click.option("--save", is_flag=True, help="Store the threshold on the model version (verifications use it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-def calibrate(pairs_file: Path, root: Path, version: str | None, target_fmr: float, impostors: str, rounds: int,
-              plot: Path | None, distances_path: Path | None, save: bool, as_json: bool,
-              batch_size: int) -> None:  # fmt: skip
+def calibrate(
+    pairs_file: Path,
+    root: Path,
+    version: str | None,
+    target_fmr: float,
+    impostors: str,
+    rounds: int,
+    plot: Path | None,
+    distances_path: Path | None,
+    save: bool,
+    as_json: bool,
+    batch_size: int,
+) -> None:
     """Genuine and impostor distances, EER, FNMR at FMR 1e-2/1e-3/1e-4, and the threshold for
     --target-fmr with a bootstrap interval; --save stores it on the version."""
     import numpy as np
 
-    from cli.face import _descriptors, _load_pairs, _pipeline, _setup
+    from cli.common import descriptors, load_face_pipeline, load_pairs, setup
     from worker.face.calibration import calibrate as compute
     from worker.face.calibration import plot_calibration
-    from worker.variants import MultiEmbedder
 
-    settings = _setup()
+    settings = setup()
     version = version or settings.model_version
     preprocessing = version_preprocessing(settings, version)
-    pairs, images = _load_pairs(pairs_file, root)
-    with _pipeline(settings, multiple_faces="largest") as pipeline:
-        multi = MultiEmbedder(pipeline.embedder)
-        multi.want = {version: preprocessing}
-        pipeline.embedder = multi
-        results = _descriptors(pipeline.process, root, images, batch_size, version)
+    pairs, images = load_pairs(pairs_file, root)
+    with load_face_pipeline(settings, multiple_faces="largest") as pipeline:
+        variants = {version: preprocessing}
+        results = descriptors(lambda data: pipeline.process(data, variants=variants), root, images, batch_size, version)
 
     def distance(a, b) -> float:
         return float(np.linalg.norm(results[a].descriptor - results[b].descriptor))

@@ -138,9 +138,8 @@ HEAVY_IMAGES = 10  # per heavy enrollment
 def heavy_images(faces_dir: Path, count: int = HEAVY_IMAGES, seed: int = 11) -> list[bytes]:
     """count JPEGs of HEAVY_SIDE x HEAVY_SIDE: smooth noise with a real face (~1200 px) pasted in
     (a grey square when the faces are absent), each different, the same on every run."""
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
     faces = sorted((faces_dir / "lfw_colour").glob("*/*.jpg")) if (faces_dir / "lfw_colour").is_dir() else []
@@ -148,10 +147,14 @@ def heavy_images(faces_dir: Path, count: int = HEAVY_IMAGES, seed: int = 11) -> 
     for k in range(count):
         noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         canvas = Image.fromarray(noise).resize((HEAVY_SIDE, HEAVY_SIDE), Image.Resampling.BICUBIC)
-        face = Image.open(faces[k % len(faces)]).convert("RGB") if faces else Image.new("RGB", (250, 250), (128, 128, 128))
+        face = (
+            Image.open(faces[k % len(faces)]).convert("RGB") if faces else Image.new("RGB", (250, 250), (128, 128, 128))
+        )
         side = int(rng.integers(1000, 1400))
-        canvas.paste(face.resize((side, side), Image.Resampling.BICUBIC),
-                     (int(rng.integers(0, HEAVY_SIDE - side)), int(rng.integers(0, HEAVY_SIDE - side))))  # fmt: skip
+        canvas.paste(
+            face.resize((side, side), Image.Resampling.BICUBIC),
+            (int(rng.integers(0, HEAVY_SIDE - side)), int(rng.integers(0, HEAVY_SIDE - side))),
+        )
         buffer = io.BytesIO()
         canvas.save(buffer, format="JPEG", quality=80)
         images.append(buffer.getvalue())
@@ -223,8 +226,12 @@ class Stack:
         blobs = self.root / "blobs"
         blobs.mkdir()
         self.blob_url = blobs.as_uri()
-        urls = {"REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url, "BLOB_URL": self.blob_url,
-                "STATE_DIR": str(self.root / "state")}  # fmt: skip
+        urls = {
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": self.database_url,
+            "BLOB_URL": self.blob_url,
+            "STATE_DIR": str(self.root / "state"),
+        }
         self.env = {**os.environ, **{f"BIOFLEET_{k}": v for k, v in {**urls, **WORKER_SETTINGS}.items()}}
         self.env["PYTHONUNBUFFERED"] = "1"
         submit_env = {**urls, "CALLBACK_ALLOWED_NETWORKS": WORKER_SETTINGS["CALLBACK_ALLOWED_NETWORKS"]}
@@ -232,8 +239,9 @@ class Stack:
         _clear_caches()
         for _ in range(self.worker_count):
             self.start_worker()
-        self.dispatcher = stack.start_process([sys.executable, "-m", "worker", "--callbacks"], self.env,
-                                              self.root / "callbacks.log")  # fmt: skip
+        self.dispatcher = stack.start_process(
+            [sys.executable, "-m", "worker", "--callbacks"], self.env, self.root / "callbacks.log"
+        )
         stack.wait_worker_ready(self.redis_url, WORKER_READY_TIMEOUT_S, min_workers=self.worker_count)
 
     def start_worker(self):
@@ -293,15 +301,15 @@ def _clear_caches() -> None:
 
     get_settings.cache_clear()
     get_celery.cache_clear()
-    sys.modules.pop("celeryconfig", None)
     dispose_engines()
 
 
 # --- the run -----------------------------------------------------------------------------------
 
 
-def submit_all(stack: Stack, requests: list, times: list[float], stop: threading.Event, progress, tenants=None,
-               placed=None) -> list[str]:
+def submit_all(
+    stack: Stack, requests: list, times: list[float], stop: threading.Event, progress, tenants=None, placed=None
+) -> list[str]:
     """Submit each request at its time (seconds from the start), retrying one that is refused
     (Redis or Postgres away) with the same Idempotency-Key until it is accepted. Returns the
     accepted job ids. tenants: a tenant name per request (default: all "chaos"); placed, a list:
@@ -324,8 +332,15 @@ def submit_all(stack: Stack, requests: list, times: list[float], stop: threading
         while not stop.is_set():
             try:
                 tenant_id = tenant_ids[tenants[index] if tenants else "chaos"]
-                submitted = submit_job(tenant_id, request, blobs, get_celery(), stack.database_url, settings,
-                                       idempotency_key=f"chaos-{index}")  # fmt: skip
+                submitted = submit_job(
+                    tenant_id,
+                    request,
+                    blobs,
+                    get_celery(),
+                    stack.database_url,
+                    settings,
+                    idempotency_key=f"chaos-{index}",
+                )
                 accepted.append(str(submitted.job.id))
                 if placed is not None:
                     placed.append((index, str(submitted.job.id)))
@@ -413,8 +428,11 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         state = {"submitted": 0}
 
         def load() -> None:
-            accepted.extend(submit_all(stack, requests, times, stop, lambda n: state.update(submitted=n),
-                                       tenants=tenants, placed=placed))  # fmt: skip
+            accepted.extend(
+                submit_all(
+                    stack, requests, times, stop, lambda n: state.update(submitted=n), tenants=tenants, placed=placed
+                )
+            )
 
         submitter = threading.Thread(target=load, name="submit", daemon=True)
         submitter.start()
@@ -451,7 +469,9 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         report.callbacks_expected = len(expected)
         deadline = time.monotonic() + CALLBACK_DRAIN_S
         while receivers.delivered(expected) < len(expected) and time.monotonic() < deadline:
-            console.print(f"[{time.monotonic() - started:6.1f} s] callbacks {receivers.delivered(expected)}/{len(expected)}")
+            console.print(
+                f"[{time.monotonic() - started:6.1f} s] callbacks {receivers.delivered(expected)}/{len(expected)}"
+            )
             time.sleep(5)
         report.callbacks_delivered = receivers.delivered(expected)
         report.forged = receivers.forged

@@ -163,8 +163,18 @@ def enroll_queue_depth(depth_url: str | None) -> float | None:
 class Enroller:
     """Submits one subject's enroll job and waits for it, recording both in the state file."""
 
-    def __init__(self, http, root: str, state: StateFile, tally: Tally, max_queue: int, stop: threading.Event,
-                 timeout: float, advance, depth_url: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        http,
+        root: str,
+        state: StateFile,
+        tally: Tally,
+        max_queue: int,
+        stop: threading.Event,
+        timeout: float,
+        advance,
+        depth_url: str | None = None,
+    ):
         self.http, self.root, self.state, self.tally, self.depth_url = http, root, state, tally, depth_url
         self.max_queue, self.stop, self.timeout, self.advance = max_queue, stop, timeout, advance
         self.room = threading.Lock()
@@ -206,7 +216,9 @@ class Enroller:
             return
         if response.status_code != 202:
             error = _error(response)
-            self._fail(subject, attempt, None, error.get("code", f"http_{response.status_code}"), error.get("message", ""))
+            self._fail(
+                subject, attempt, None, error.get("code", f"http_{response.status_code}"), error.get("message", "")
+            )
             return
         job_id = response.json()["id"]
         self.state.record({"subject": subject.subject_id, "attempt": attempt, "job_id": job_id, "status": "submitted"})
@@ -217,18 +229,29 @@ class Enroller:
             self.tally.images += len(subject.images)
         if job["status"] == "succeeded":
             result = job.get("result") or {}
-            self.state.record({"subject": subject.subject_id, "attempt": attempt, "job_id": job_id, "status": "succeeded",
-                               "templates": result.get("templates_created", 0)})  # fmt: skip
+            self.state.record(
+                {
+                    "subject": subject.subject_id,
+                    "attempt": attempt,
+                    "job_id": job_id,
+                    "status": "succeeded",
+                    "templates": result.get("templates_created", 0),
+                }
+            )
             with self.tally.lock:
                 self.tally.enrolled += 1
                 self.tally.templates += result.get("templates_created", 0)
                 for image in result.get("images", []):
                     if image["status"] != "enrolled":
-                        self.tally.failures.append({
-                            "subject": subject.subject_id, "job_id": job_id,
-                            "image": Path(subject.images[image["index"]]).name,
-                            "code": image["error"]["code"], "message": image["error"]["message"],
-                        })  # fmt: skip
+                        self.tally.failures.append(
+                            {
+                                "subject": subject.subject_id,
+                                "job_id": job_id,
+                                "image": Path(subject.images[image["index"]]).name,
+                                "code": image["error"]["code"],
+                                "message": image["error"]["message"],
+                            }
+                        )
             self.advance(ok=True)
         else:
             error = job.get("error") or {}
@@ -247,12 +270,14 @@ class Enroller:
         return None
 
     def _fail(self, subject: SubjectSource, attempt: int, job_id, code, message) -> None:
-        self.state.record({"subject": subject.subject_id, "attempt": attempt, "job_id": job_id, "status": "failed",
-                           "code": code})  # fmt: skip
+        self.state.record(
+            {"subject": subject.subject_id, "attempt": attempt, "job_id": job_id, "status": "failed", "code": code}
+        )
         with self.tally.lock:
             self.tally.failed += 1
-            self.tally.failures.append({"subject": subject.subject_id, "job_id": job_id, "image": "",
-                                        "code": code, "message": message})  # fmt: skip
+            self.tally.failures.append(
+                {"subject": subject.subject_id, "job_id": job_id, "image": "", "code": code, "message": message}
+            )
         self.advance(ok=False)
 
 
@@ -275,28 +300,64 @@ def write_failures(path: Path, failures: list[dict]) -> None:
 @click.argument("root")
 @click.option("--api", "api_url", default=None, help="API base URL (default: the running stack's).")
 @click.option("--key", default=None, help="API key (default: the running stack's key).")
-@click.option("--samples-per-subject", "samples", default=5, show_default=True, type=click.IntRange(1, 10),
-              help="Images enrolled per subject (the first ones by name).")  # fmt: skip
+@click.option(
+    "--samples-per-subject",
+    "samples",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 10),
+    help="Images enrolled per subject (the first ones by name).",
+)
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Subjects in flight.")
-@click.option("--max-queue", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Wait while the enroll queue holds this many messages.")  # fmt: skip
-@click.option("--depth-url", default=None,
-              help="The queue depth exporter's /metrics (default: the running stack's).")  # fmt: skip
-@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="State file (default: under the state dir, named after ROOT).")  # fmt: skip
-@click.option("--failures", "failures_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="CSV of failures (default: beside the state file).")  # fmt: skip
+@click.option(
+    "--max-queue",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Wait while the enroll queue holds this many messages.",
+)
+@click.option("--depth-url", default=None, help="The queue depth exporter's /metrics (default: the running stack's).")
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="State file (default: under the state dir, named after ROOT).",
+)
+@click.option(
+    "--failures",
+    "failures_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV of failures (default: beside the state file).",
+)
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for one job.")
-def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queue: int, depth_url, state_path,
-               failures_path, timeout: float) -> None:  # fmt: skip
+def enroll_dir(
+    root: str,
+    api_url,
+    key,
+    samples: int,
+    concurrency: int,
+    max_queue: int,
+    depth_url,
+    state_path,
+    failures_path,
+    timeout: float,
+) -> None:
     """Enroll ROOT/<subject>/<images> (a folder or s3://bucket/prefix) through the API, resumably.
 
     Shows a progress bar, ends with a summary table and a CSV of failures with their codes. The
     exit status is 1 when a subject failed, 130 when interrupted (rerun to resume)."""
     import httpx
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)  # fmt: skip
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     settings = get_settings()
     stack = read_stack_file(settings.state_dir)
@@ -319,9 +380,15 @@ def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queu
 
     console = Console(stderr=True)
     stop = threading.Event()
-    columns = (TextColumn("enroll"), BarColumn(), MofNCompleteColumn(), TextColumn("subjects"),
-               TextColumn("{task.fields[images]} images, {task.fields[failed]} failed, {task.fields[rate]}/s"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("enroll"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("subjects"),
+        TextColumn("{task.fields[images]} images, {task.fields[failed]} failed, {task.fields[rate]}/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     started = time.monotonic()
     interrupted = False
     http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)

@@ -7,34 +7,10 @@ from pathlib import Path
 
 import click
 
+from cli.common import descriptors, load_face_pipeline, load_pairs, setup
+
 DLIB_THRESHOLD = 0.6
 METRIC_KEYS = ("accuracy_at_0_6", "best_accuracy", "eer", "fnmr_at_fmr_1e-2", "fnmr_at_fmr_1e-3")
-
-
-def _pipeline(settings, multiple_faces: str | None = None):
-    """biofleet's pipeline, configured from settings."""
-    from worker.face.pipeline import load_pipeline
-
-    return load_pipeline(
-        device=settings.device,
-        detector=settings.detector,
-        upsample=settings.detector_upsample,
-        cnn_upsample=settings.detector_cnn_upsample,
-        max_pixels=settings.max_image_pixels,
-        multiple_faces=multiple_faces or settings.multiple_faces,
-        threads=settings.decode_threads,
-        cache_dir=settings.model_cache_dir,
-        detect_max_side=settings.detect_max_side,
-    )
-
-
-def _setup():
-    from shared.logs import configure_logging
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    configure_logging(settings.log_level, settings.log_json)
-    return settings
 
 
 def _result_json(path: Path, result) -> dict:
@@ -61,9 +37,9 @@ def embed(files: tuple[Path, ...], as_json: bool, cropped: bool) -> None:
     Text lines are `FILE ok N1 N2 ... N128` or `FILE error CODE: MESSAGE`. The exit status is 1
     when any file gave no descriptor.
     """
-    settings = _setup()
+    settings = setup()
     failed = 0
-    with _pipeline(settings) as pipeline:
+    with load_face_pipeline(settings) as pipeline:
         for start in range(0, len(files), settings.batch_size):
             batch = files[start : start + settings.batch_size]
             results = pipeline.process([path.read_bytes() for path in batch], cropped=cropped)
@@ -77,43 +53,6 @@ def embed(files: tuple[Path, ...], as_json: bool, cropped: bool) -> None:
                     click.echo(f"{path} error {result.error_code}: {result.error_message}")
     if failed:
         sys.exit(1)
-
-
-def _load_pairs(pairs_file: Path, root: Path) -> tuple[list, list[str]]:
-    """The pairs of an LFW-format file and its distinct images, checked to exist under root."""
-    from worker.face.evaluation import read_pairs
-
-    try:
-        pairs = read_pairs(pairs_file)
-    except ValueError as error:
-        raise click.ClickException(f"{pairs_file}: {error}") from None
-    images = list(dict.fromkeys(name for pair in pairs for name in (pair.first, pair.second)))
-    _check_images(pairs_file, root, images)
-    return pairs, images
-
-
-def _check_images(pairs_file: Path, root: Path, images: list[str]) -> None:
-    """Fail early, naming them, when images the pairs file lists are missing under root."""
-    missing = [name for name in images if not (root / name).is_file()]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise click.ClickException(f"{len(missing)} images listed in {pairs_file} are missing under {root}: {shown}")
-
-
-def _descriptors(process, root: Path, images: list[str], batch_size: int, label: str) -> dict:
-    """Run `process` over every image once, in batches, with a progress bar on stderr.
-
-    Returns image name -> FaceResult."""
-    from tqdm import tqdm
-
-    results = {}
-    with tqdm(total=len(images), desc=label, unit="img", file=sys.stderr, leave=False) as bar:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size]
-            for name, result in zip(batch, process([(root / name).read_bytes() for name in batch])):
-                results[name] = result
-            bar.update(len(batch))
-    return results
 
 
 def _column(pairs, results: dict) -> tuple[dict, tuple | None]:
@@ -179,13 +118,19 @@ def _table(columns: dict[str, dict], folds: int):
 
 @click.command("eval-pairs")
 @click.argument("pairs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding NAME/NAME_NNNN.jpg images.")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding NAME/NAME_NNNN.jpg images.",
+)
 @click.option("--reference", type=click.Choice(["dlib"]), help="Also run dlib's own pipeline on the same pairs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (fractions, not percents).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: DET curve and histograms.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: bool, plot: Path | None, batch_size: int) -> None:
+def eval_pairs(
+    pairs_file: Path, root: Path, reference: str | None, as_json: bool, plot: Path | None, batch_size: int
+) -> None:
     """Verification metrics on an LFW-format pairs file.
 
     Each distinct image is processed once. Reports accuracy at dlib's threshold 0.6, the
@@ -195,20 +140,21 @@ def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: boo
     from worker.face.evaluation import plot_report
     from worker.face.reference import DlibReference
 
-    settings = _setup()
-    pairs, images = _load_pairs(pairs_file, root)
+    settings = setup()
+    pairs, images = load_pairs(pairs_file, root)
     folds = len({pair.fold for pair in pairs})
 
     # Both columns keep the largest face when an image shows several; each is named with its detector.
     columns, distances = {}, {}
     ours, theirs = f"biofleet ({settings.detector})", "dlib (hog)"
-    with _pipeline(settings, multiple_faces="largest") as pipeline:
-        results = _descriptors(pipeline.process, root, images, batch_size, "biofleet")
+    with load_face_pipeline(settings, multiple_faces="largest") as pipeline:
+        results = descriptors(pipeline.process, root, images, batch_size, "biofleet")
     columns[ours], distances[ours] = _column(pairs, results)
     if reference == "dlib":
-        dlib = DlibReference.load(upsample=settings.detector_upsample, multiple_faces="largest",
-                                  max_pixels=settings.max_image_pixels)
-        results = _descriptors(dlib.process, root, images, batch_size, "dlib")
+        dlib = DlibReference.load(
+            upsample=settings.detector_upsample, multiple_faces="largest", max_pixels=settings.max_image_pixels
+        )
+        results = descriptors(dlib.process, root, images, batch_size, "dlib")
         columns[theirs], distances[theirs] = _column(pairs, results)
 
     if plot is not None:

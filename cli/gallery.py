@@ -11,17 +11,10 @@ import uuid
 
 import click
 
+from cli.common import database_url
+
 MAX_KEYS = 10  # images per reenroll job (JobMessage.blob_keys)
 REENROLL_MAX_QUEUED = 8  # reenroll messages in Redis at once: a worker batch holds at most this many
-
-
-def _database_url(settings) -> str:
-    from shared.services import ServiceNotConfigured, resolve
-
-    try:
-        return resolve(settings).database_url
-    except ServiceNotConfigured as error:
-        raise click.ClickException(str(error)) from None
 
 
 def _settings():
@@ -39,7 +32,7 @@ def _run(settings, fn):
     from shared.gallery import GalleryError
 
     try:
-        with session_scope(_database_url(settings)) as session:
+        with session_scope(database_url(settings)) as session:
             return fn(session)
     except GalleryError as error:
         raise click.ClickException(str(error)) from None
@@ -70,8 +63,15 @@ def list_models(as_json: bool) -> None:
     for row in rows:
         extra = {k: v for k, v in (row["preprocessing"] or {}).items() if k in ("jitter", "flip")}
         cover = "-" if row["coverage"] is None else f"{100 * row['coverage']:.1f}%"
-        table.add_row(row["name"], row["status"], f"{row['threshold']:.4f}", json.dumps(extra) if extra else "-",
-                      str(row["templates"]), str(row["subjects"]), cover)  # fmt: skip
+        table.add_row(
+            row["name"],
+            row["status"],
+            f"{row['threshold']:.4f}",
+            json.dumps(extra) if extra else "-",
+            str(row["templates"]),
+            str(row["subjects"]),
+            cover,
+        )
     Console().print(table)
 
 
@@ -86,10 +86,10 @@ def register(name: str, jitter: int | None, flip: bool | None, threshold: float 
     Known names (dlib-resnet-v1, dlib-resnet-v1-jitter4, dlib-resnet-v1-flip) take their
     preprocessing from the preset; any other name needs --jitter or --flip (or neither: plain)."""
     from worker.face.weights import RECOGNITION_MODEL, model_path, sha256_file
-    from worker.variants import ARCHITECTURE, BASE_PREPROCESSING, PRESETS, check_preprocessing
+    from worker.versions import ARCHITECTURE, check_preprocessing, preset
 
     settings = _settings()
-    preprocessing = dict(PRESETS.get(name, BASE_PREPROCESSING))
+    preprocessing = preset(name)
     if jitter is not None:
         preprocessing["jitter"] = jitter
     if flip:
@@ -146,10 +146,16 @@ def submit_reenroll(database_url: str, celery, subject, target: str) -> list[str
         for cropped, keys in subject.groups():
             for start in range(0, len(keys), MAX_KEYS):
                 job = Job(
-                    id=uuid.uuid4(), tenant_id=subject.tenant_id, kind="reenroll", status="queued",
-                    subject_external_id=subject.external_id, blob_keys=keys[start : start + MAX_KEYS],
-                    cropped=cropped, attempts=0, model_version=target,
-                )  # fmt: skip
+                    id=uuid.uuid4(),
+                    tenant_id=subject.tenant_id,
+                    kind="reenroll",
+                    status="queued",
+                    subject_external_id=subject.external_id,
+                    blob_keys=keys[start : start + MAX_KEYS],
+                    cropped=cropped,
+                    attempts=0,
+                    model_version=target,
+                )
                 session.add(job)
                 session.flush()
                 session.refresh(job)
@@ -186,8 +192,13 @@ def _job_states(database_url: str, job_ids: list[str]) -> dict[str, tuple]:
 
 @click.command()
 @click.option("--to-model", "target", required=True, help="The candidate version to write templates of.")
-@click.option("--max-queued", default=REENROLL_MAX_QUEUED, show_default=True, type=click.IntRange(min=1),
-              help="Reenroll messages in Redis at once (backpressure).")  # fmt: skip
+@click.option(
+    "--max-queued",
+    default=REENROLL_MAX_QUEUED,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Reenroll messages in Redis at once (backpressure).",
+)
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait for the jobs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def reenroll(target: str, max_queued: int, timeout: float, as_json: bool) -> None:
@@ -195,7 +206,14 @@ def reenroll(target: str, max_queued: int, timeout: float, as_json: bool) -> Non
     TARGET, through the low-priority `reenroll` queue. Resumable: a rerun skips covered subjects
     and waits for jobs an earlier run left queued. Exit status 1 while coverage is incomplete."""
     import redis
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from shared.celery_app import get_celery
     from shared.db.session import session_scope
@@ -212,8 +230,14 @@ def reenroll(target: str, max_queued: int, timeout: float, as_json: bool) -> Non
     deadline = time.monotonic() + timeout
     job_ids = [str(j) for j in plan.pending]
     total = len(plan.todo) + len(plan.pending)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("failed {task.fields[failed]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     states: dict[str, tuple] = {}
     with Progress(*columns, console=_console(), transient=as_json) as progress:
         bar = progress.add_task(f"reenroll -> {target}", total=total or 1, failed=0)
@@ -264,12 +288,17 @@ def _summary(plan, cover, states: dict) -> dict:
         elif result:
             images_missing += sum(1 for image in result.get("images", []) if image["status"] != "enrolled")
     return {
-        "target": plan.target, "source": plan.source, "subjects": cover.subjects, "covered": cover.covered,
-        "coverage": cover.fraction, "submitted_jobs": len(states), "failed_jobs": failures,
+        "target": plan.target,
+        "source": plan.source,
+        "subjects": cover.subjects,
+        "covered": cover.covered,
+        "coverage": cover.fraction,
+        "submitted_jobs": len(states),
+        "failed_jobs": failures,
         "images_not_reenrolled": images_missing,
         "no_retained_images": [{"tenant_id": str(t), "subject_id": s} for t, s in plan.no_images],
         "missing": [{"tenant_id": str(t), "subject_id": s} for t, s in cover.missing[:50]],
-    }  # fmt: skip
+    }
 
 
 def _print_summary(summary: dict) -> None:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import click
 
+from cli.common import database_url
 from shared.services import STACK_FILE, read_stack_file
 
 APP_PROCESSES = ("api", "worker", "callbacks", "flower", "exporter")  # stopped first, in this order
@@ -253,9 +254,15 @@ def stack_up(settings, say=print) -> dict:
         # Flower takes tornado options (--name=value); basic auth comes from FLOWER_BASIC_AUTH,
         # which keeps the password out of the process list.
         args = [
-            sys.executable, "-m", "celery", "--broker", redis_url, "flower",
-            f"--port={settings.flower_port}", "--address=127.0.0.1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "celery",
+            "--broker",
+            redis_url,
+            "flower",
+            f"--port={settings.flower_port}",
+            "--address=127.0.0.1",
+        ]
         start_app_process("flower", args, flower_env, settings, stack, say)
     if settings.exporter_port and not running(stack, "exporter"):
         if not services.port_is_free(settings.exporter_port, settings.metrics_host):
@@ -321,8 +328,16 @@ def stack_status(settings) -> dict:
     }
     urls = {
         name: stack.get(name)
-        for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url",
-                     "database_url", "blob_url")
+        for name in (
+            "api_url",
+            "flower_url",
+            "metrics_url",
+            "api_metrics_url",
+            "depth_url",
+            "redis_url",
+            "database_url",
+            "blob_url",
+        )
     }
     redis_url = settings.redis_url or urls["redis_url"]
     urls["redis_url"] = redis_url
@@ -373,8 +388,16 @@ def up() -> None:
     table = Table(title="biofleet is up", show_header=False)
     table.add_column("what")
     table.add_column("where", overflow="fold")
-    for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url", "database_url",
-                 "blob_url"):
+    for name in (
+        "api_url",
+        "flower_url",
+        "metrics_url",
+        "api_metrics_url",
+        "depth_url",
+        "redis_url",
+        "database_url",
+        "blob_url",
+    ):
         table.add_row(name.removesuffix("_url"), str(redact(stack.get(name))))
     table.add_row("flower login", f"{settings.flower_user} (password: BIOFLEET_FLOWER_PASSWORD)")
     table.add_row("logs", str(settings.state_dir.resolve() / "logs"))
@@ -442,17 +465,6 @@ def keys() -> None:
     """API keys."""
 
 
-def _database_url() -> str:
-    """The configured database, else the running embedded stack's."""
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    database_url = settings.database_url or read_stack_file(settings.state_dir).get("database_url")
-    if not database_url:
-        raise click.ClickException("no database: set BIOFLEET_DATABASE_URL or run `biofleet up`")
-    return database_url
-
-
 @keys.command("create")
 @click.option("--tenant", required=True, help="Tenant name; created when missing.")
 def create_key(tenant: str) -> None:
@@ -460,7 +472,7 @@ def create_key(tenant: str) -> None:
     from shared.db.session import session_scope
     from shared.keys import create_api_key
 
-    with session_scope(_database_url()) as session:
+    with session_scope(database_url()) as session:
         key = create_api_key(session, tenant)
     click.echo(key)
     click.echo(f"callbacks are signed with the tenant's secret: biofleet webhooks secret --tenant {tenant}", err=True)
@@ -475,7 +487,7 @@ def revoke_key(key: str) -> None:
 
     if key == "-":
         key = sys.stdin.readline().strip()
-    with session_scope(_database_url()) as session:
+    with session_scope(database_url()) as session:
         revoked = revoke_api_key(session, key)
     if not revoked:
         raise click.ClickException("no live key matches")

@@ -28,11 +28,11 @@ def webhooks() -> None:
 @click.option("--tenant", required=True, help="Tenant name.")
 def show_secret(tenant: str) -> None:
     """Print TENANT's current signing secret (whsec_...), alone, on stdout."""
-    from cli.stack import _database_url
+    from cli.common import database_url
     from shared.db.session import session_scope
     from shared.webhooks import ensure_secret
 
-    with session_scope(_database_url()) as session:
+    with session_scope(database_url()) as session:
         secret = ensure_secret(session, _tenant_id(session, tenant))
     click.echo(secret)
 
@@ -42,14 +42,14 @@ def show_secret(tenant: str) -> None:
 def rotate(tenant: str) -> None:
     """Make a new signing secret for TENANT and print it; the old one signs too during the grace
     period (BIOFLEET_CALLBACK_SECRET_GRACE_S), then stops."""
-    from cli.stack import _database_url
+    from cli.common import database_url
     from shared.db.session import session_scope
     from shared.settings import get_settings
     from shared.webhooks import UnknownTenant, rotate_secret
 
     grace_s = get_settings().callback_secret_grace_s
     try:
-        with session_scope(_database_url()) as session:
+        with session_scope(database_url()) as session:
             secret = rotate_secret(session, tenant, grace_s)
     except UnknownTenant:
         raise click.ClickException(f"no tenant {tenant!r}") from None

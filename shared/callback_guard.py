@@ -50,7 +50,7 @@ def blocked_address(address: Address, allowed: list[Network]) -> bool:
 
 def resolve(host: str, port: int) -> list[Address]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
 def check_callback_url(url: str, allowed: list[Network], strict: bool = True) -> Target | None:

@@ -36,8 +36,7 @@ class DepthCollector(Collector):
             up.add_metric([], 0)
             yield up
             return
-        gauge = GaugeMetricFamily("biofleet_queue_depth", "Messages waiting or reserved, per queue.",
-                                  labels=["queue"])  # fmt: skip
+        gauge = GaugeMetricFamily("biofleet_queue_depth", "Messages waiting or reserved, per queue.", labels=["queue"])
         for queue, depth in depths.items():
             gauge.add_metric([queue], depth)
         up.add_metric([], 1)

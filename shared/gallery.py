@@ -77,22 +77,36 @@ def versions_table(session) -> list[dict]:
     for version in session.scalars(select(ModelVersion).order_by(ModelVersion.created_at, ModelVersion.name)):
         templates, subjects = counts.get(version.name, (0, 0))
         cover = None if version.status in ("active", "retired") else coverage(session, version.name).fraction
-        rows.append({
-            "name": version.name, "status": version.status, "threshold": version.threshold,
-            "architecture": version.architecture, "preprocessing": version.preprocessing,
-            "weights_sha256": version.weights_sha256, "templates": templates, "subjects": subjects,
-            "coverage": cover,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": version.name,
+                "status": version.status,
+                "threshold": version.threshold,
+                "architecture": version.architecture,
+                "preprocessing": version.preprocessing,
+                "weights_sha256": version.weights_sha256,
+                "templates": templates,
+                "subjects": subjects,
+                "coverage": cover,
+            }
+        )
     return rows
 
 
-def register_version(session, name: str, architecture: str, weights_sha256: str, preprocessing: dict,
-                     threshold: float) -> ModelVersion:  # fmt: skip
+def register_version(
+    session, name: str, architecture: str, weights_sha256: str, preprocessing: dict, threshold: float
+) -> ModelVersion:
     """A new candidate version; GalleryError if the name is taken."""
     if session.get(ModelVersion, name) is not None:
         raise GalleryError(f"model version {name!r} already exists")
-    row = ModelVersion(name=name, architecture=architecture, weights_sha256=weights_sha256,
-                       preprocessing=preprocessing, threshold=threshold, status="candidate")  # fmt: skip
+    row = ModelVersion(
+        name=name,
+        architecture=architecture,
+        weights_sha256=weights_sha256,
+        preprocessing=preprocessing,
+        threshold=threshold,
+        status="candidate",
+    )
     session.add(row)
     session.flush()
     return row
@@ -214,9 +228,9 @@ def reenroll_plan(session, target: str) -> ReenrollPlan:
                 if cropped:
                     entry.cropped.add(key)
         for key in wanted:
-            entry = images.get(key)
-            if entry is None or not entry.keys:
+            found = images.get(key)
+            if found is None or not found.keys:
                 no_images.append(key)
             else:
-                todo.append(entry)
+                todo.append(found)
     return ReenrollPlan(target, cover.source, todo, [row.id for row in pending_jobs], no_images, cover.covered)

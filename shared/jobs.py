@@ -30,7 +30,7 @@ from shared.blob import BlobStore
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import Job
 from shared.db.session import session_scope
-from shared.messages import JobMessage
+from shared.messages import MAX_IMAGES, JobMessage
 from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
 from shared.settings import Settings
 
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 SUBJECT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 _SUBJECT_ID = re.compile(SUBJECT_ID_PATTERN)
 MAX_IDEMPOTENCY_KEY = 200  # Job.idempotency_key column width
-MESSAGE_MAX_IMAGES = 10  # JobMessage.blob_keys max_length
 SUBJECT_KINDS = ("enroll", "verify", "reenroll")
 # Short, bounded retries: a client waiting on a 202 should get a 503 quickly when Redis is down.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
@@ -115,7 +114,7 @@ def validate(request: JobRequest, settings: Settings) -> None:
     """Raise SubmitError for a request that breaks a limit; None when it is acceptable."""
     if request.kind not in QUEUE_FOR_KIND:
         raise SubmitError("bad_kind", f"unknown job kind {request.kind!r}")
-    most = min(settings.max_images_per_enrollment, MESSAGE_MAX_IMAGES) if request.kind in ("enroll", "reenroll") else 1
+    most = min(settings.max_images_per_enrollment, MAX_IMAGES) if request.kind in ("enroll", "reenroll") else 1
     if not request.images:
         raise SubmitError("no_images", "at least one image is required")
     if len(request.images) > most:
@@ -184,12 +183,20 @@ def submit_job(
             job = session.scalars(
                 insert(Job)
                 .values(
-                    id=job_id, tenant_id=tenant_id, kind=request.kind, status="queued",
-                    subject_external_id=request.subject_id, top_k=request.top_k, cropped=request.cropped,
-                    blob_keys=keys, callback_url=request.callback_url, attempts=0,
-                    idempotency_key=idempotency_key, request_hash=digest,
+                    id=job_id,
+                    tenant_id=tenant_id,
+                    kind=request.kind,
+                    status="queued",
+                    subject_external_id=request.subject_id,
+                    top_k=request.top_k,
+                    cropped=request.cropped,
+                    blob_keys=keys,
+                    callback_url=request.callback_url,
+                    attempts=0,
+                    idempotency_key=idempotency_key,
+                    request_hash=digest,
                     published=idempotency_key is None,  # a job with a key waits for its publish
-                )  # fmt: skip
+                )
                 .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
                 .returning(Job)
             ).first()
@@ -198,6 +205,7 @@ def submit_job(
         raise
     if job is None:  # another request with this key won the race
         _delete_all(blobs, keys)
+        assert idempotency_key is not None  # only a keyed insert can lose a race
         earlier = _settled_by_key(database_url, tenant_id, idempotency_key)
         if earlier is None:  # the winner's row was removed again: its publish failed
             raise QueueUnavailable()
@@ -308,9 +316,7 @@ def _settled_by_key(database_url: str, tenant_id: uuid.UUID, key: str) -> Job | 
 def _unpublish(database_url: str, job_id: uuid.UUID) -> bool:
     """Remove a job whose publish failed, unless a worker took it meanwhile; True when removed."""
     with session_scope(database_url) as session:
-        removed = session.execute(
-            delete(Job).where(Job.id == job_id, Job.status == "queued").returning(Job.id)
-        ).first()
+        removed = session.execute(delete(Job).where(Job.id == job_id, Job.status == "queued").returning(Job.id)).first()
     return removed is not None
 
 

@@ -64,4 +64,4 @@ def revoke_api_key(session: Session, key: str) -> bool:
         .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
         .values(revoked_at=func.now())
     )
-    return result.rowcount > 0
+    return bool(getattr(result, "rowcount", 0))  # a CursorResult for an UPDATE

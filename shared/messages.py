@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 JobKind = Literal["enroll", "verify", "identify", "reenroll"]
+MAX_IMAGES = 10  # images of one job; settings.max_images_per_enrollment may lower it, never raise it
 
 
 class JobMessage(BaseModel):
@@ -16,7 +17,7 @@ class JobMessage(BaseModel):
     job_id: str
     tenant_id: str
     kind: JobKind
-    blob_keys: list[str] = Field(min_length=1, max_length=10)
+    blob_keys: list[str] = Field(min_length=1, max_length=MAX_IMAGES)
     subject_id: str | None = None  # enroll, verify, reenroll
     top_k: int | None = None  # identify
     cropped: bool = False  # the images are already face crops: skip detection

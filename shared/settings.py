@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.messages import MAX_IMAGES
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,7 +49,7 @@ class Settings(BaseSettings):
 
     # API limits.
     max_body_bytes: int = 20 * 1024 * 1024
-    max_images_per_enrollment: int = 10
+    max_images_per_enrollment: int = MAX_IMAGES
     max_top_k: int = 100
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -123,7 +123,7 @@ def stop_process(proc_or_pid: subprocess.Popen | int, timeout: float = 20) -> No
     """SIGTERM the process, wait up to timeout, then SIGKILL it; then end what is left of the
     process group it leads (pool children), if any: SIGTERM, then SIGKILL."""
     proc = proc_or_pid if isinstance(proc_or_pid, subprocess.Popen) else None
-    pid = proc.pid if proc is not None else int(proc_or_pid)
+    pid = proc_or_pid.pid if isinstance(proc_or_pid, subprocess.Popen) else int(proc_or_pid)
     running = proc.poll() is None if proc is not None else pid_alive(pid)
     if running:
         try:
@@ -160,9 +160,7 @@ def stop_process(proc_or_pid: subprocess.Popen | int, timeout: float = 20) -> No
 # --- valkey ------------------------------------------------------------------------------------
 
 
-def start_valkey(
-    data_dir: Path, port: int | None = None, log_path: Path | None = None
-) -> tuple[subprocess.Popen, str]:
+def start_valkey(data_dir: Path, port: int | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start valkey-server on 127.0.0.1 (a free port unless given), AOF on, data in data_dir.
 
     Returns the process (its own session) and the redis:// URL, once it answers PING.
@@ -177,9 +175,20 @@ def start_valkey(
     for _ in range(tries):
         chosen = port or free_port()
         args = [
-            valkey_binary(), "--port", str(chosen), "--bind", "127.0.0.1", "--appendonly", "yes",
-            "--dir", str(data_dir), "--daemonize", "no", "--protected-mode", "yes",
-        ]  # fmt: skip
+            str(valkey_binary()),
+            "--port",
+            str(chosen),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(data_dir),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ]
         log_path = log_path or data_dir / "valkey.log"
         proc = start_process(args, dict(os.environ), log_path, cwd=data_dir)
         url = f"redis://127.0.0.1:{chosen}/0"

@@ -10,9 +10,9 @@ import os
 import sys
 
 from shared.queues import CONSUME_ORDER
+from shared.settings import get_settings
 
 CALLBACKS_FLAG = "--callbacks"
-from shared.settings import get_settings
 
 
 def worker_argv(extra: list[str] | None = None) -> list[str]:
@@ -20,16 +20,21 @@ def worker_argv(extra: list[str] | None = None) -> list[str]:
     settings = get_settings()
     return [
         "worker",
-        "--queues", ",".join(CONSUME_ORDER),  # in priority order (celeryconfig)
-        "--pool", "prefork",
-        "--concurrency", str(settings.worker_concurrency),
+        "--queues",
+        ",".join(CONSUME_ORDER),  # in priority order (celeryconfig)
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(settings.worker_concurrency),
         "--task-events",
         "--without-mingle",  # no revoked-task sync at start: biofleet does not revoke jobs
         "--without-gossip",  # workers need not hear each other; Flower reads task events
-        "--hostname", f"biofleet-{os.getpid()}@%h",
-        "--loglevel", settings.log_level.upper(),
+        "--hostname",
+        f"biofleet-{os.getpid()}@%h",
+        "--loglevel",
+        settings.log_level.upper(),
         *(extra or []),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(settings.log_level, json=settings.log_json)
         dispatch(settings)
         return
-    from worker.app import app
+    from worker.app import worker_app
 
-    app.worker_main(worker_argv(argv))
+    worker_app().worker_main(worker_argv(argv))
 
 
 if __name__ == "__main__":

@@ -74,8 +74,9 @@ class _PinnedBackend(httpcore.NetworkBackend):
             if left <= 0:
                 raise httpcore.ConnectTimeout("the callback deadline passed")
             try:
-                stream = self.inner.connect_tcp(str(address), self.target.port, timeout=left,
-                                                socket_options=socket_options)  # fmt: skip
+                stream = self.inner.connect_tcp(
+                    str(address), self.target.port, timeout=left, socket_options=socket_options
+                )
                 return _DeadlineStream(stream, self.deadline)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
@@ -95,15 +96,18 @@ def _tls() -> ssl.SSLContext:
     return _ssl_context
 
 
-def post_pinned(target: Target, url: str, body: bytes, headers: dict, deadline_s: float, max_response_bytes: int) -> int:
+def post_pinned(
+    target: Target, url: str, body: bytes, headers: dict, deadline_s: float, max_response_bytes: int
+) -> int:
     """POST body to url through target's addresses; the 2xx status, or CallbackFailed."""
     deadline = time.monotonic() + deadline_s
     backend = _PinnedBackend(target, deadline)
     timeouts = {"connect": deadline_s, "read": deadline_s, "write": deadline_s, "pool": deadline_s}
     try:
         with httpcore.ConnectionPool(ssl_context=_tls(), network_backend=backend, max_connections=1) as pool:
-            with pool.stream("POST", url, headers=list(headers.items()), content=body,
-                             extensions={"timeout": timeouts}) as response:  # fmt: skip
+            with pool.stream(
+                "POST", url, headers=list(headers.items()), content=body, extensions={"timeout": timeouts}
+            ) as response:
                 read = 0
                 for chunk in response.iter_stream():
                     read += len(chunk)

@@ -1,6 +1,5 @@
 """Compare probe descriptors with enrolled templates of one model version.
 
-model_threshold(session, model_version, default) -> float: the version's match threshold.
 subject_templates(session, model_version, subjects) -> {(tenant_id, external_id): (n, 128) array}.
 verify(probe, templates) -> (min Euclidean distance, templates compared).
 identify(session, tenant_id, probe, model_version, top_k) -> [{"subject_id", "distance"}], nearest
@@ -14,17 +13,9 @@ import numpy as np
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.orm import Session
 
-from shared.db.models import EMBEDDING_DIM, ModelVersion, Subject, Template
+from shared.db.models import EMBEDDING_DIM, Subject, Template
 
 SubjectKey = tuple[uuid.UUID, str]  # (tenant_id, external_id)
-
-
-def model_threshold(session: Session, model_version: str, default: float) -> float:
-    """The threshold stored with model_version, or default when the row is missing."""
-    value = session.execute(
-        select(ModelVersion.threshold).where(ModelVersion.name == model_version)
-    ).scalar_one_or_none()
-    return float(value) if value is not None else default
 
 
 def subject_templates(
@@ -57,9 +48,7 @@ def verify(probe: np.ndarray, templates: np.ndarray) -> tuple[float, int]:
     return float(distances.min()), len(templates)
 
 
-def identify(
-    session: Session, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int
-) -> list[dict]:
+def identify(session: Session, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int) -> list[dict]:
     """The top_k subjects of tenant_id nearest to probe, each at its nearest template's distance."""
     vector = np.asarray(probe, dtype=np.float32)
     distance = func.min(Template.embedding.l2_distance(vector)).label("distance")

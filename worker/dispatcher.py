@@ -19,6 +19,7 @@ import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from shared import outbox
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
@@ -96,7 +97,7 @@ class Dispatcher:
 
     def run(self, stop: threading.Event) -> None:
         settings = self.settings
-        in_flight = set()
+        in_flight: set[Any] = set()
         with ThreadPoolExecutor(settings.callback_concurrency, thread_name_prefix="callback") as pool:
             while not stop.is_set():
                 self.beat()
@@ -108,7 +109,9 @@ class Dispatcher:
                         continue
                     in_flight.add(pool.submit(self._attempt_and_release, row))
                 if in_flight:
-                    _, in_flight = wait(in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED)
+                    _, in_flight = wait(
+                        in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED
+                    )
                 else:
                     stop.wait(settings.callback_poll_interval_s)
             wait(in_flight)
@@ -165,24 +168,36 @@ class Dispatcher:
             secrets = signing_secrets(session, row.tenant_id)
         try:
             target = check_callback_url(row.url, self.allowed)
-            status = post_pinned(target, row.url, body, signed_headers(secrets, row.id, body),
-                                 settings.callback_deadline_s, settings.callback_max_response_bytes)  # fmt: skip
+            assert target is not None  # strict: a host that does not resolve is refused
+            status = post_pinned(
+                target,
+                row.url,
+                body,
+                signed_headers(secrets, row.id, body),
+                settings.callback_deadline_s,
+                settings.callback_max_response_bytes,
+            )
         except CallbackRefused as exc:
             log.warning("callback refused", extra={**extra, "error": str(exc)})
-            self._quietly(lambda s: outbox.give_up(s, row.id, f"refused: {exc}"))
+            refused = f"refused: {exc}"
+            self._quietly(lambda s: outbox.give_up(s, row.id, refused))
             return "failed"
         except CallbackFailed as exc:
             delay = backoff_s(row.attempts + 1)
             new = "pending"
+            error = str(exc)
 
             def record(session):
                 nonlocal new
-                new = outbox.retry_later(session, row.id, str(exc), settings.callback_max_attempts, delay)
+                new = outbox.retry_later(session, row.id, error, settings.callback_max_attempts, delay)
 
             self._quietly(record)
             level = logging.ERROR if new == "failed" else logging.WARNING
-            log.log(level, "callback failed" + (", abandoned" if new == "failed" else ", will retry"),
-                    extra={**extra, "error": str(exc)})  # fmt: skip
+            log.log(
+                level,
+                "callback failed" + (", abandoned" if new == "failed" else ", will retry"),
+                extra={**extra, "error": str(exc)},
+            )
             return new
         self._quietly(lambda s: outbox.delivered(s, row.id))
         log.info("callback delivered", extra={**extra, "http_status": status})
@@ -202,7 +217,12 @@ def main(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("callback dispatcher started", extra={"concurrency": settings.callback_concurrency,
-                                                   "tenant_concurrency": settings.callback_tenant_concurrency})  # fmt: skip
+    log.info(
+        "callback dispatcher started",
+        extra={
+            "concurrency": settings.callback_concurrency,
+            "tenant_concurrency": settings.callback_tenant_concurrency,
+        },
+    )
     Dispatcher(settings, urls.database_url, client).run(stop)
     log.info("callback dispatcher stopped")

@@ -79,8 +79,8 @@ def job_finished(kind: str, status: str, latency_s: float | None = None) -> None
 
 
 class TimedEmbedder:
-    """An embedder whose last embed() call's seconds are kept in last_s; other attributes
-    (weights_sha256, device, ...) are the wrapped embedder's."""
+    """An embedder that adds the seconds of each embed() call to last_s (the caller zeroes it);
+    other attributes (weights_sha256, device, ...) are the wrapped embedder's."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -91,7 +91,7 @@ class TimedEmbedder:
         try:
             return self.inner.embed(chips)
         finally:
-            self.last_s = time.perf_counter() - start
+            self.last_s += time.perf_counter() - start
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -12,6 +12,7 @@ before and settings.max_job_attempts still bounds the redeliveries.
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ TTL_S = 24 * 3600
 class Suspects:
     def __init__(self, redis_url: str):
         self.redis_url = redis_url
-        self._client = None
+        self._client: Any = None
 
     @property
     def client(self):

@@ -1,4 +1,5 @@
-"""The worker's Celery task, a thin entry point over worker.batch.
+"""The worker's Celery task, a thin entry point over worker.batch (a shared task: it binds to the
+app that loads this module, shared.celery_app's TASK_MODULES).
 
 RUN_JOBS_TASK: a celery-batches task; Celery hands it up to settings.batch_size requests, or what
 arrived within settings.flush_interval_ms, as one list. Callbacks are not tasks: the batch writes
@@ -8,19 +9,18 @@ them to the outbox, and the callback dispatcher (worker.dispatcher) sends them.
 import logging
 import threading
 import time
+from typing import Any
 
 from billiard.exceptions import WorkerLostError
+from celery import shared_task
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
-from shared.celery_app import get_celery
-from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
+from shared.queues import RUN_JOBS_TASK
 from shared.settings import get_settings
 from worker.batch import Delivery, run_batch
 
 log = logging.getLogger(__name__)
-app = get_celery()
-settings = get_settings()
 
 
 class JobBatches(Batches):
@@ -39,7 +39,17 @@ class JobBatches(Batches):
     _in_flight = 0
     _in_flight_lock = threading.Lock()
     _last_flush = 0.0
+    _tref: Any  # celery-batches' flush timer
     HOLD_LIMIT_S = 5.0  # never hold a partial batch longer, whatever the pool reports
+
+    @property
+    def flush_every(self) -> int:
+        """settings.batch_size, read when the worker runs, not at import."""
+        return get_settings().batch_size
+
+    @property
+    def flush_interval(self) -> float:
+        return get_settings().flush_interval_ms / 1000
 
     def Strategy(self, task, app, consumer):
         """Called on every consumer (re)start, a reconnect included: forget the old timer, so the
@@ -54,14 +64,14 @@ class JobBatches(Batches):
 
     def _pool_busy(self) -> bool:
         held_s = time.monotonic() - self._last_flush
-        return self._in_flight >= settings.worker_concurrency and held_s < self.HOLD_LIMIT_S
+        return self._in_flight >= get_settings().worker_concurrency and held_s < self.HOLD_LIMIT_S
 
     def _do_flush(self):
         if self._pool_busy() and self._buffer.qsize() < self.flush_every:
             return  # flushed when the buffer is full or, on a later tick, once a process is free
         super()._do_flush()
 
-    _suspects_store = None
+    _suspects_store: Any = None
 
     def _suspects(self):
         if JobBatches._suspects_store is None:
@@ -98,7 +108,9 @@ class JobBatches(Batches):
             requeue = lost and bool(self.app.conf.task_reject_on_worker_lost)
             if lost:
                 self._suspects().mark(job_ids(late))
-                log.error("batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue})
+                log.error(
+                    "batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue}
+                )
             else:
                 log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
             for request in late:
@@ -127,34 +139,18 @@ def job_ids(requests) -> list[str]:
     return ids
 
 
-@app.task(
-    name=RUN_JOBS_TASK,
-    base=JobBatches,
-    flush_every=settings.batch_size,
-    flush_interval=settings.flush_interval_ms / 1000,
-    acks_late=True,
-    ignore_result=True,
-)
-def run_jobs(requests):
+@shared_task(name=RUN_JOBS_TASK, base=JobBatches, acks_late=True, ignore_result=True)
+def run_jobs(requests: list[Any]) -> None:
     """requests: list of celery_batches.SimpleRequest whose kwargs are JobMessages. Each request
     is reported to Flower as started and finished, naming its batch (worker.visibility)."""
     import uuid
 
-    from worker.app import get_runtime
+    from worker.runtime import get_runtime
     from worker.visibility import batch_finished, batch_started
 
+    app = run_jobs.app
     batch_id = str(uuid.uuid4())
     started = batch_started(app, requests, batch_id)
-    report = run_batch([Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime(), batch_id=batch_id)
+    deliveries = [Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests]
+    report = run_batch(deliveries, get_runtime(), batch_id=batch_id)
     batch_finished(app, requests, report, started)
-
-
-def republish(deliveries: list[Delivery]) -> None:
-    """Send messages again, unchanged: same kwargs, the queue of their kind, the same task id."""
-    for delivery in deliveries:
-        app.send_task(
-            RUN_JOBS_TASK,
-            kwargs=delivery.kwargs,
-            queue=QUEUE_FOR_KIND[delivery.kwargs["kind"]],
-            task_id=delivery.task_id,
-        )

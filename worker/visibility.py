@@ -43,9 +43,16 @@ def batch_finished(app, requests, report, started: float) -> None:
         status = report.finished.get(str(request.id), "not_final")
         result = {"batch_id": report.batch_id, "batch_size": len(requests), "status": status}
         events.append(("task-succeeded", {"uuid": request.id, "result": json.dumps(result), "runtime": runtime}))
-    events.append((
-        "batch-finished",
-        {"batch_id": report.batch_id, "size": len(requests), "job_ids": [r.id for r in requests],
-         "finished": len(report.finished), "runtime": runtime},
-    ))  # fmt: skip
+    events.append(
+        (
+            "batch-finished",
+            {
+                "batch_id": report.batch_id,
+                "size": len(requests),
+                "job_ids": [r.id for r in requests],
+                "finished": len(report.finished),
+                "runtime": runtime,
+            },
+        )
+    )
     _send(app, hostname, events)

@@ -31,7 +31,10 @@ async def create_enrollment(
     Answers 202 with the job; poll Location (GET /v1/jobs/{id}) for the result."""
     body, images = await read_submission(request, EnrollmentRequest, "images")
     job_request = JobRequest(
-        kind="enroll", images=tuple(images), subject_id=subject_id, cropped=body.cropped,
+        kind="enroll",
+        images=tuple(images),
+        subject_id=subject_id,
+        cropped=body.cropped,
         callback_url=body.callback_url,
-    )  # fmt: skip
+    )
     return await accept(context, tenant_id, job_request, idempotency_key)

@@ -46,13 +46,15 @@ async def readyz(backends: Annotated[Backends, Depends(get_backends)]):
     failed = sorted(name for name, state in checks.items() if state != "ok")
     if failed:
         log.warning("not ready", extra={"checks": checks})
-        return error_response(503, "not_ready", "unavailable: " + ", ".join(failed), {"Retry-After": "5"},
-                              checks=checks)  # fmt: skip
+        return error_response(
+            503, "not_ready", "unavailable: " + ", ".join(failed), {"Retry-After": "5"}, checks=checks
+        )
     return {"status": "ready", "checks": checks}
 
 
-@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}})  # fmt: skip
+@metrics_router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
 async def metrics(request: Request):
     body, content_type = await run_in_threadpool(request.app.state.metrics.render)
     return Response(body, media_type=content_type)

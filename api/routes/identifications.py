@@ -29,7 +29,10 @@ async def create_identification(
     """Queue an identify job: JSON {"image": base64, "top_k": 5} or multipart (`image` file, `top_k`)."""
     body, images = await read_submission(request, IdentificationRequest, "image")
     job_request = JobRequest(
-        kind="identify", images=tuple(images), top_k=body.top_k, cropped=body.cropped,
+        kind="identify",
+        images=tuple(images),
+        top_k=body.top_k,
+        cropped=body.cropped,
         callback_url=body.callback_url,
-    )  # fmt: skip
+    )
     return await accept(context, tenant_id, job_request, idempotency_key)

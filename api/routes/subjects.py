@@ -21,6 +21,7 @@ from api.errors import ApiError
 from api.schemas import Subject as SubjectOut
 from api.schemas import errors
 from shared import outbox
+from shared.blob import BlobStore
 from shared.db.models import FINAL_STATUSES, AuditRecord, Job, Subject, Template
 from shared.db.session import session_scope
 from shared.jobs import is_subject_id
@@ -73,8 +74,9 @@ def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: st
     cancelled = session.execute(
         update(Job)
         .where(*of_subject, Job.status.not_in(FINAL_STATUSES))
-        .values(status="failed", error_code=SUBJECT_DELETED, error_message="the subject was deleted",
-                finished_at=func.now())  # fmt: skip
+        .values(
+            status="failed", error_code=SUBJECT_DELETED, error_message="the subject was deleted", finished_at=func.now()
+        )
         .returning(Job.id)
     ).all()
     outbox.add(session, [job_id for (job_id,) in cancelled])  # their callbacks, in this transaction
@@ -100,14 +102,19 @@ def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: st
         return None
     details = {"templates": templates, "images": len(keys), "jobs_cleared": len(jobs), "jobs_cancelled": len(cancelled)}
     session.add(
-        AuditRecord(tenant_id=tenant_id, key_prefix=key_prefix, action=SUBJECT_ERASED, subject_id=subject_id,
-                    details=details)
-    )  # fmt: skip
+        AuditRecord(
+            tenant_id=tenant_id, key_prefix=key_prefix, action=SUBJECT_ERASED, subject_id=subject_id, details=details
+        )
+    )
     return sorted(keys)
 
 
-@router.get("/subjects/{subject_id}", response_model=SubjectOut, responses=errors(401, 404, 422),
-            summary="A subject and its templates")  # fmt: skip
+@router.get(
+    "/subjects/{subject_id}",
+    response_model=SubjectOut,
+    responses=errors(401, 404, 422),
+    summary="A subject and its templates",
+)
 def get_subject(subject_id: str, tenant_id: Tenant, database_url: Annotated[str, Depends(get_database_url)]):
     _check(subject_id)
     with session_scope(database_url) as session:
@@ -117,13 +124,17 @@ def get_subject(subject_id: str, tenant_id: Tenant, database_url: Annotated[str,
     return summary
 
 
-@router.delete("/subjects/{subject_id}", status_code=204, responses=errors(401, 404, 422),
-               summary="Erase a subject, its templates and its images")  # fmt: skip
+@router.delete(
+    "/subjects/{subject_id}",
+    status_code=204,
+    responses=errors(401, 404, 422),
+    summary="Erase a subject, its templates and its images",
+)
 def delete_subject(
     subject_id: str,
     tenant_id: Tenant,
     database_url: Annotated[str, Depends(get_database_url)],
-    blobs: Annotated[object, Depends(get_blobs)],
+    blobs: Annotated[BlobStore, Depends(get_blobs)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ):
     """204 once erased; 404 when there is nothing (left) to erase."""

@@ -29,7 +29,10 @@ async def create_verification(
     """Queue a verify job: JSON {"subject_id", "image": base64} or multipart (`subject_id`, `image` file)."""
     body, images = await read_submission(request, VerificationRequest, "image")
     job_request = JobRequest(
-        kind="verify", images=tuple(images), subject_id=body.subject_id or "", cropped=body.cropped,
+        kind="verify",
+        images=tuple(images),
+        subject_id=body.subject_id or "",
+        cropped=body.cropped,
         callback_url=body.callback_url,
-    )  # fmt: skip
+    )
     return await accept(context, tenant_id, job_request, idempotency_key)

@@ -33,7 +33,6 @@ def clear_caches() -> None:
         get_celery.cache_clear()
     except ImportError:
         pass
-    sys.modules.pop("celeryconfig", None)  # it reads the broker URL at import
     dispose_engines()
 
 

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -106,9 +105,7 @@ def small_client(services):
 # --- auth ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/jobs/" + str(uuid.uuid4()), "/v1/subjects/someone", "/v1/identifications"]
-)
+@pytest.mark.parametrize("path", ["/v1/jobs/" + str(uuid.uuid4()), "/v1/subjects/someone", "/v1/identifications"])
 def test_no_key_is_401(api_client, path):
     method = api_client.post if path == "/v1/identifications" else api_client.get
     response = method(path)
@@ -294,19 +291,31 @@ def add_subject(services, key: str, subject_id: str, templates: int = 0) -> None
         tenant_id = tenant_for_key(session, key)
         session.execute(
             insert(ModelVersion)
-            .values(name="api-test-model", architecture="test", weights_sha256="0" * 64, preprocessing={},
-                    threshold=0.6, status="active")  # fmt: skip
+            .values(
+                name="api-test-model",
+                architecture="test",
+                weights_sha256="0" * 64,
+                preprocessing={},
+                threshold=0.6,
+                status="active",
+            )
             .on_conflict_do_nothing()
         )
         subject = Subject(tenant_id=tenant_id, external_id=subject_id)
         session.add(subject)
         session.flush()
         for index in range(templates):
-            session.add(Template(
-                tenant_id=tenant_id, subject_id=subject.id, model_version="api-test-model",
-                embedding=[0.01 * index] * 128, source_job_id=uuid.uuid4(), image_index=index,
-                image_key=f"{tenant_id}/{uuid.uuid4()}/0",
-            ))  # fmt: skip
+            session.add(
+                Template(
+                    tenant_id=tenant_id,
+                    subject_id=subject.id,
+                    model_version="api-test-model",
+                    embedding=[0.01 * index] * 128,
+                    source_job_id=uuid.uuid4(),
+                    image_index=index,
+                    image_key=f"{tenant_id}/{uuid.uuid4()}/0",
+                )
+            )
 
 
 def test_tenants_are_isolated(api_client, services, redis_client, tenants):
@@ -469,13 +478,15 @@ def test_queue_down_gives_503_and_leaves_nothing(services, tenants):
 
     from api.app import create_app
     from api.deps import get_publisher
+    from celeryconfig import celery_config
     from shared import stack
     from shared.db.models import Job
     from shared.db.session import session_scope
     from shared.keys import tenant_for_key
+    from shared.settings import get_settings
 
     dead = Celery("dead-broker")
-    dead.config_from_object("celeryconfig")
+    dead.conf.update(celery_config(get_settings()))
     dead.conf.broker_url = f"redis://127.0.0.1:{stack.free_port()}/0"
     app = create_app()
     app.dependency_overrides[get_publisher] = lambda: dead
@@ -532,9 +543,9 @@ def test_metrics(services, redis_client, tenants):
     from shared.settings import get_settings
 
     with TestClient(create_app(get_settings().model_copy(update={"metrics_route": True}))) as client:
-        job_id = client.post(
-            "/v1/identifications", json={"image": b64(png(14))}, headers=auth(tenants["a"])
-        ).json()["id"]
+        job_id = client.post("/v1/identifications", json={"image": b64(png(14))}, headers=auth(tenants["a"])).json()[
+            "id"
+        ]
         client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth("bf_not-a-key"))
         text = client.get("/metrics").text
     take_message(redis_client, "identify", job_id)
@@ -668,8 +679,9 @@ def test_a_replay_waits_for_the_publish_in_progress(services, redis_client, tena
     take_message(redis_client, "identify", str(replay.job.id))
 
 
-def test_a_publish_that_reports_failure_after_a_worker_took_the_job_keeps_it(services, redis_client, tenants,
-                                                                             monkeypatch):  # fmt: skip
+def test_a_publish_that_reports_failure_after_a_worker_took_the_job_keeps_it(
+    services, redis_client, tenants, monkeypatch
+):
     """The broker took the message but its answer was lost, and a worker already runs the job: the
     job is kept and accepted, not removed under the worker."""
     from sqlalchemy import update
@@ -694,8 +706,15 @@ def test_a_publish_that_reports_failure_after_a_worker_took_the_job_keeps_it(ser
 
     monkeypatch.setattr(jobs, "publish", publish_then_lose_the_answer)
     request = jobs.JobRequest(kind="identify", images=(png(17),), top_k=2)
-    submitted = jobs.submit_job(tenant_id, request, open_blob_store(services.blob_url), get_celery(),
-                                services.database_url, get_settings(), f"lost-answer-{uuid.uuid4()}")  # fmt: skip
+    submitted = jobs.submit_job(
+        tenant_id,
+        request,
+        open_blob_store(services.blob_url),
+        get_celery(),
+        services.database_url,
+        get_settings(),
+        f"lost-answer-{uuid.uuid4()}",
+    )
     job_id = str(submitted.job.id)
     take_message(redis_client, "identify", job_id)
     row = job_row(services, job_id)

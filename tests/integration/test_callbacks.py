@@ -61,7 +61,9 @@ def outbox_rows(services, job_ids) -> list:
 
     with session_scope(services.database_url) as session:
         return list(
-            session.scalars(select(CallbackDelivery).where(CallbackDelivery.job_id.in_([uuid.UUID(str(j)) for j in job_ids])))
+            session.scalars(
+                select(CallbackDelivery).where(CallbackDelivery.job_id.in_([uuid.UUID(str(j)) for j in job_ids]))
+            )
         )
 
 
@@ -173,14 +175,18 @@ class Trickler:
 def loopback_api(api_client, monkeypatch):
     """The API client, with loopback callback URLs allowed."""
     backends = api_client.app.state.backends
-    monkeypatch.setattr(backends, "settings", backends.settings.model_copy(update={"callback_allowed_networks": LOOPBACK}))
+    monkeypatch.setattr(
+        backends, "settings", backends.settings.model_copy(update={"callback_allowed_networks": LOOPBACK})
+    )
     return api_client
 
 
 def submit_verify(client, key: str, subject: str, callback_url: str, shade: int = 180) -> str:
     image = base64.b64encode(blank_png(shade)).decode()
     response = client.post(
-        "/v1/verifications", json={"subject_id": subject, "image": image, "callback_url": callback_url}, headers=auth(key)
+        "/v1/verifications",
+        json={"subject_id": subject, "image": image, "callback_url": callback_url},
+        headers=auth(key),
     )
     assert response.status_code == 202, response.text
     return response.json()["id"]
@@ -248,13 +254,19 @@ def pipeline():
 def batch_runtime(services, pipeline):
     from shared.blob import open_blob_store
     from shared.settings import get_settings
-    from worker.app import ensure_model_version
     from worker.batch import Runtime
+    from worker.versions import ensure_model_version
 
     settings = get_settings()
     ensure_model_version(services.database_url, settings, pipeline.embedder.weights_sha256)
-    return Runtime(pipeline=pipeline, blobs=open_blob_store(services.blob_url), database_url=services.database_url,
-                   model_version=settings.model_version, settings=settings, republish=lambda deliveries: None)  # fmt: skip
+    return Runtime(
+        pipeline=pipeline,
+        blobs=open_blob_store(services.blob_url),
+        database_url=services.database_url,
+        model_version=settings.model_version,
+        settings=settings,
+        republish=lambda deliveries: None,
+    )
 
 
 def queued_verify(services, tenant_id, callback_url: str):
@@ -269,10 +281,27 @@ def queued_verify(services, tenant_id, callback_url: str):
     key = f"{tenant_id}/{job_id}/0"
     open_blob_store(services.blob_url).put(key, blank_png())
     with session_scope(services.database_url) as session:
-        session.add(Job(id=job_id, tenant_id=tenant_id, kind="verify", status="queued", subject_external_id="s",
-                        blob_keys=[key], cropped=False, attempts=0, callback_url=callback_url))  # fmt: skip
-    message = JobMessage(job_id=str(job_id), tenant_id=str(tenant_id), kind="verify", blob_keys=[key],
-                         subject_id="s", submitted_at=time.time())  # fmt: skip
+        session.add(
+            Job(
+                id=job_id,
+                tenant_id=tenant_id,
+                kind="verify",
+                status="queued",
+                subject_external_id="s",
+                blob_keys=[key],
+                cropped=False,
+                attempts=0,
+                callback_url=callback_url,
+            )
+        )
+    message = JobMessage(
+        job_id=str(job_id),
+        tenant_id=str(tenant_id),
+        kind="verify",
+        blob_keys=[key],
+        subject_id="s",
+        submitted_at=time.time(),
+    )
     return str(job_id), Delivery(task_id=str(job_id), kwargs=message.model_dump(mode="json"))
 
 
@@ -405,8 +434,12 @@ def test_a_slow_receiver_slows_only_its_own_tenant(services, make_key, loopback_
     fast = Receiver(fast_secret, on_post=lambda r: held_while_fast.append(trickler.open))
     try:
         start_worker(batch_size=8)
-        start_dispatcher(callback_allowed_networks=LOOPBACK, callback_deadline_s=20, callback_tenant_concurrency=2,
-                         callback_max_attempts=1)  # fmt: skip
+        start_dispatcher(
+            callback_allowed_networks=LOOPBACK,
+            callback_deadline_s=20,
+            callback_tenant_concurrency=2,
+            callback_max_attempts=1,
+        )
         slow_jobs = [submit_verify(loopback_api, slow_key, "s", trickler.url, shade=10 + i) for i in range(4)]
         wait_until(lambda: trickler.open >= 2, "the slow receiver holding deliveries")
         fast_jobs = [submit_verify(loopback_api, fast_key, "f", fast.url, shade=100 + i) for i in range(5)]
@@ -415,7 +448,9 @@ def test_a_slow_receiver_slows_only_its_own_tenant(services, make_key, loopback_
         assert fast.forged == 0 and len(fast.by_id) == 5
         assert held_while_fast and min(held_while_fast) >= 1, held_while_fast  # the slow ones still held
 
-        wait_until(lambda: all(r.status == "failed" for r in outbox_rows(services, slow_jobs)), "the slow rows given up")
+        wait_until(
+            lambda: all(r.status == "failed" for r in outbox_rows(services, slow_jobs)), "the slow rows given up"
+        )
         rows = outbox_rows(services, slow_jobs)
         assert {r.last_error for r in rows} == {"the receiver did not answer within the deadline"}
         assert trickler.most == 2  # the per-tenant cap

@@ -55,11 +55,13 @@ def broker(services, tmp_path_factory):
 @pytest.fixture(scope="module")
 def publisher(broker):
     """A Celery app configured as the API's, on this module's broker."""
-    import celeryconfig
     from celery import Celery
 
+    from celeryconfig import celery_config
+    from shared.settings import get_settings
+
     app = Celery("biofleet-faults", set_as_current=False)
-    app.config_from_object(celeryconfig)
+    app.conf.update(celery_config(get_settings()))
     app.conf.broker_url = broker.url
     yield app
     app.close()
@@ -120,8 +122,16 @@ def queue_enrollments(services, publisher, faces_dir, count: int, publish: bool 
         key = f"{owner}/{job_id}/0"
         blobs.put(key, image)
         with session_scope(services.database_url) as session:
-            job = Job(id=job_id, tenant_id=owner, kind="enroll", status="queued", subject_external_id=f"f-{i}",
-                      blob_keys=[key], cropped=False, attempts=0)  # fmt: skip
+            job = Job(
+                id=job_id,
+                tenant_id=owner,
+                kind="enroll",
+                status="queued",
+                subject_external_id=f"f-{i}",
+                blob_keys=[key],
+                cropped=False,
+                attempts=0,
+            )
             session.add(job)
             session.flush()
             session.refresh(job)
@@ -171,10 +181,11 @@ def templates_per_job(services, job_ids) -> list[int]:
     with session_scope(services.database_url) as session:
         counts = dict(
             session.execute(
-                select(Template.source_job_id, func.count()).where(Template.source_job_id.in_(ids))
+                select(Template.source_job_id, func.count())
+                .where(Template.source_job_id.in_(ids))
                 .group_by(Template.source_job_id)
             ).all()
-        )  # fmt: skip
+        )
     return [counts.get(i, 0) for i in ids]
 
 
@@ -312,7 +323,9 @@ def test_poison_pickle_and_stranded_jobs(services, broker, publisher, workers, f
     stranded = queue_enrollments(services, publisher, faces_dir, 1, publish=False)
     with session_scope(services.database_url) as session:
         session.execute(
-            update(Job).where(Job.id == uuid.UUID(stranded[0])).values(submitted_at=Job.submitted_at - timedelta(hours=1))
+            update(Job)
+            .where(Job.id == uuid.UUID(stranded[0]))
+            .values(submitted_at=Job.submitted_at - timedelta(hours=1))
         )
     worker = workers(batch_size=4, sweep_after_s=5, sweep_interval_s=1)
     assert_each_applied_once(services, good + stranded, [worker])
@@ -374,7 +387,9 @@ def test_a_job_that_kills_its_process_fails_alone(services, publisher, workers, 
     neighbours = []
     for _ in range(3):  # three other tenants
         neighbours += queue_enrollments(services, publisher, faces_dir, 2, publish=False)
-    killer = queue_enrollments(services, publisher, faces_dir, 1, publish=False, image_of=lambda _: killer_jpeg(faces_dir))
+    killer = queue_enrollments(
+        services, publisher, faces_dir, 1, publish=False, image_of=lambda _: killer_jpeg(faces_dir)
+    )
     job_ids = neighbours[:3] + killer + neighbours[3:]
     _publish_again(services, publisher, job_ids)
     worker = workers(batch_size=len(job_ids), flush_interval_ms=3000, crash_marker=CRASH_MARKER)

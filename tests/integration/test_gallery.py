@@ -132,8 +132,21 @@ def test_enroll_dir_resumes_after_an_interruption_without_enrolling_twice(
     root = tmp_path / "gallery"
     link_subjects(faces_dir, root, ENROLL_PEOPLE, images=2)
     state = tmp_path / "state.jsonl"
-    args = [_cli(), "enroll-dir", str(root), "--api", api_server, "--key", key, "--samples-per-subject", "2",
-            "--concurrency", "1", "--state", str(state)]  # fmt: skip
+    args = [
+        _cli(),
+        "enroll-dir",
+        str(root),
+        "--api",
+        api_server,
+        "--key",
+        key,
+        "--samples-per-subject",
+        "2",
+        "--concurrency",
+        "1",
+        "--state",
+        str(state),
+    ]
 
     events = EventLog(services.redis_url)
     events.start()
@@ -294,8 +307,10 @@ def test_reenroll_moves_every_subject_while_verifications_keep_succeeding(
         assert other["status"] == "succeeded" and not other["result"]["match"]
 
         # A new enrollment writes the active version and the previous one (now a candidate).
-        late = http.post("/v1/subjects/late/enrollments",
-                         json={"images": [base64.b64encode(pictures[MOVE_PEOPLE[2]][7].read_bytes()).decode()]})  # fmt: skip
+        late = http.post(
+            "/v1/subjects/late/enrollments",
+            json={"images": [base64.b64encode(pictures[MOVE_PEOPLE[2]][7].read_bytes()).decode()]},
+        )
         assert _wait(http, late.json()["id"])["status"] == "succeeded"
         assert templates_by_subject(services, tenant, JITTER)["late"] == 1
         assert templates_by_subject(services, tenant, BASE)["late"] == 1
@@ -306,7 +321,7 @@ def test_reenroll_moves_every_subject_while_verifications_keep_succeeding(
 
 
 def lose_images(services, tenant: uuid.UUID) -> None:
-    """"expired": its stored images deleted from the blob store (as retention would);
+    """ "expired": its stored images deleted from the blob store (as retention would);
     "erased": its templates no longer name a retained image."""
     from sqlalchemy import select, update
 
@@ -315,9 +330,9 @@ def lose_images(services, tenant: uuid.UUID) -> None:
 
     blobs = open_blob_store(services.blob_url)
     with db(services) as session:
-        subjects = dict(session.execute(
-            select(Subject.external_id, Subject.id).where(Subject.tenant_id == tenant)
-        ).all())  # fmt: skip
+        subjects = dict(
+            session.execute(select(Subject.external_id, Subject.id).where(Subject.tenant_id == tenant)).all()
+        )
         for key in session.scalars(select(Template.image_key).where(Template.subject_id == subjects["expired"])):
             blobs.delete(key)
         session.execute(update(Template).where(Template.subject_id == subjects["erased"]).values(image_key=None))
@@ -339,9 +354,23 @@ def test_calibrate_on_lfw_view1_reproduces_its_fmr(faces_dir, worker_env, tmp_pa
     view1 = faces_dir / "lfw_view1"
     env = dict(worker_env, BIOFLEET_DETECTOR_UPSAMPLE="0")  # LFW faces are ~110 px: no upsampling needed
     distances, plot = tmp_path / "d.npz", tmp_path / "det.png"
-    run = biofleet(env, "calibrate", "--pairs", str(view1 / "pairsDevTest.txt"), "--root", str(view1),
-                   "--target-fmr", "1e-3", "--bootstrap", "20", "--json", "--plot", str(plot),
-                   "--distances", str(distances))  # fmt: skip
+    run = biofleet(
+        env,
+        "calibrate",
+        "--pairs",
+        str(view1 / "pairsDevTest.txt"),
+        "--root",
+        str(view1),
+        "--target-fmr",
+        "1e-3",
+        "--bootstrap",
+        "20",
+        "--json",
+        "--plot",
+        str(plot),
+        "--distances",
+        str(distances),
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout)
     assert 0 < report["eer"] < 1

@@ -46,7 +46,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def png_declaring(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def hostile_images(faces_dir) -> dict[str, tuple[bytes, set[str]]]:
@@ -56,7 +61,7 @@ def hostile_images(faces_dir) -> dict[str, tuple[bytes, set[str]]]:
     face = Image.open(io.BytesIO(real)).convert("RGB")
     exif = Image.Exif()
     exif[0x010E] = "x" * 60_000
-    grey16 = Image.fromarray((np.asarray(face.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(face.convert("L"), dtype=np.uint16) * 257)
     frames = [face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -123,12 +128,18 @@ def test_hostile_images_end_with_codes_and_the_worker_survives(api_client, make_
 
     # Refused at the API, before any job exists.
     refused = {
-        "zero_bytes": api_client.post("/v1/verifications", json={"subject_id": "hostile-a", "image": ""}, headers=auth(key)),
-        "too_many": api_client.post("/v1/subjects/hostile-a/enrollments", json={"images": [b64(real)] * 11},
-                                    headers=auth(key)),
-        "oversized": api_client.post("/v1/identifications", content=b"{" + b" " * (21 * 1024 * 1024),
-                                     headers={**auth(key), "Content-Type": "application/json"}),
-    }  # fmt: skip
+        "zero_bytes": api_client.post(
+            "/v1/verifications", json={"subject_id": "hostile-a", "image": ""}, headers=auth(key)
+        ),
+        "too_many": api_client.post(
+            "/v1/subjects/hostile-a/enrollments", json={"images": [b64(real)] * 11}, headers=auth(key)
+        ),
+        "oversized": api_client.post(
+            "/v1/identifications",
+            content=b"{" + b" " * (21 * 1024 * 1024),
+            headers={**auth(key), "Content-Type": "application/json"},
+        ),
+    }
     assert {name: (r.status_code, r.json()["error"]["code"]) for name, r in refused.items()} == {
         "zero_bytes": (422, "empty_image"),
         "too_many": (422, "too_many_images"),
@@ -163,7 +174,9 @@ def fuzz_key(make_key, services, redis_client):
     drain_tenant_messages(redis_client, {tenant_of(services, key)})
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     data=st.one_of(
         st.binary(min_size=1, max_size=2048),
@@ -175,7 +188,9 @@ def test_random_and_mutated_bytes_at_the_api(api_client, fuzz_key, data, as_mult
     """The API takes any non-empty bytes as an image (the worker decides) and never answers 5xx."""
     if isinstance(data, tuple):
         if not MUTATION_SEEDS:
-            MUTATION_SEEDS.extend([real_face_jpeg(), encode(Image.new("RGB", (40, 40)), "PNG"), png_declaring(300, 300)])
+            MUTATION_SEEDS.extend(
+                [real_face_jpeg(), encode(Image.new("RGB", (40, 40)), "PNG"), png_declaring(300, 300)]
+            )
         seed, flips = data
         mutated = bytearray(MUTATION_SEEDS[seed])
         for position, value in flips:
@@ -226,8 +241,13 @@ def test_the_api_conforms_to_its_openapi(case, schema_key):
         status_code_conformance,
     )
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
-              response_headers_conformance, response_schema_conformance]  # fmt: skip
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+    ]
     case.call_and_validate(headers=auth(schema_key), checks=checks)
 
 
@@ -258,12 +278,17 @@ NOT_STORABLE = ["http://example.com/\x00hook", "https://exa\x00mple.com/h", "htt
 @pytest.mark.parametrize("url", NOT_STORABLE)
 def test_a_callback_url_postgres_cannot_store_is_refused(api_client, plain_key, url):
     body = json.dumps({"image": b64(b"x" * 10), "callback_url": url}).encode()
-    response = api_client.post("/v1/identifications", content=body,
-                               headers={**auth(plain_key), "Content-Type": "application/json"})  # fmt: skip
+    response = api_client.post(
+        "/v1/identifications", content=body, headers={**auth(plain_key), "Content-Type": "application/json"}
+    )
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "bad_callback_url"
-    form = api_client.post("/v1/identifications", files={"image": ("x.bin", b"x" * 10)},
-                           data={"callback_url": url.replace("\ud800", "\x01")}, headers=auth(plain_key))  # fmt: skip
+    form = api_client.post(
+        "/v1/identifications",
+        files={"image": ("x.bin", b"x" * 10)},
+        data={"callback_url": url.replace("\ud800", "\x01")},
+        headers=auth(plain_key),
+    )
     assert form.status_code == 422, form.text
     assert form.json()["error"]["code"] == "bad_callback_url"
 

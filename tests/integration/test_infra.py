@@ -27,9 +27,11 @@ def test_migrations_create_every_table_and_the_vector_type(services):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT 1 FROM pg_type WHERE typname = 'vector'")).scalar() == 1
         column = conn.execute(
-            text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-                 "WHERE attrelid = 'templates'::regclass AND attname = 'embedding'")
-        ).scalar()  # fmt: skip
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'templates'::regclass AND attname = 'embedding'"
+            )
+        ).scalar()
         assert column == "vector(128)"
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
 

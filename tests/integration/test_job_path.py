@@ -1,5 +1,5 @@
 """The job path: API -> Redis -> a real batching worker -> Postgres, with real face images; and
-the batch unit of work (worker/batch.py) against real Postgres, without Celery."""
+the batch unit of work (worker/batch/) against real Postgres, without Celery."""
 
 import base64
 import io
@@ -145,9 +145,12 @@ def test_jobs_through_the_api_and_a_worker(
     key = make_key(f"job-path-{uuid.uuid4().hex[:8]}")
 
     enroll_a = enroll(
-        api_client, key, "person-a", [face(faces_dir, PERSON_A, n) for n in (1, 2, 3)],
+        api_client,
+        key,
+        "person-a",
+        [face(faces_dir, PERSON_A, n) for n in (1, 2, 3)],
         callback_url=callback_receiver.url,
-    )  # fmt: skip
+    )
     enroll_b = enroll(api_client, key, "person-b", [face(faces_dir, PERSON_B, n) for n in (1, 2, 3)])
     enrolled = wait_final(api_client, key, [enroll_a, enroll_b])
     job = enrolled[enroll_a]
@@ -231,7 +234,9 @@ def test_batches_form_from_a_backlog(api_client, make_key, start_worker, faces_d
     start_worker(batch_size=16)
     jobs = wait_final(api_client, key, job_ids)
 
-    assert all(job["status"] == "succeeded" for job in jobs.values()), [j for j in jobs.values() if j["status"] != "succeeded"][:2]
+    assert all(job["status"] == "succeeded" for job in jobs.values()), [
+        j for j in jobs.values() if j["status"] != "succeeded"
+    ][:2]
     sizes = Counter(job["batch_id"] for job in jobs.values())
     assert max(sizes.values()) > 1, sizes
     assert len(sizes) < 64
@@ -262,8 +267,8 @@ class Recorder:
 def make_runtime(services, pipeline, recorder: Recorder, **settings):
     from shared.blob import open_blob_store
     from shared.settings import get_settings
-    from worker.app import ensure_model_version
     from worker.batch import Runtime
+    from worker.versions import ensure_model_version
 
     current = get_settings().model_copy(update=settings)
     ensure_model_version(services.database_url, current, pipeline.embedder.weights_sha256)
@@ -301,13 +306,26 @@ def queue_job(services, tenant: uuid.UUID, kind: str, images: list[bytes], subje
         blobs.put(blob_key, data)
     with session_scope(services.database_url) as session:
         session.add(
-            Job(id=job_id, tenant_id=tenant, kind=kind, status="queued", subject_external_id=subject,
-                blob_keys=keys, cropped=False, attempts=0, **columns)
-        )  # fmt: skip
+            Job(
+                id=job_id,
+                tenant_id=tenant,
+                kind=kind,
+                status="queued",
+                subject_external_id=subject,
+                blob_keys=keys,
+                cropped=False,
+                attempts=0,
+                **columns,
+            )
+        )
     message = JobMessage(
-        job_id=str(job_id), tenant_id=str(tenant), kind=kind, blob_keys=keys, subject_id=subject,
+        job_id=str(job_id),
+        tenant_id=str(tenant),
+        kind=kind,
+        blob_keys=keys,
+        subject_id=subject,
         submitted_at=time.time(),
-    )  # fmt: skip
+    )
     return str(job_id), Delivery(task_id=str(job_id), kwargs=message.model_dump(mode="json"))
 
 
@@ -348,7 +366,9 @@ def test_the_same_message_twice_is_applied_once(services, make_key, pipeline, fa
     runtime = make_runtime(services, pipeline, recorder)
     tenant = tenant_id(services, make_key)
     images = [face(faces_dir, PERSON_B, n) for n in (4, 5)]
-    job_id, delivery = queue_job(services, tenant, "enroll", images, subject="idem", callback_url="http://127.0.0.1:9/x")
+    job_id, delivery = queue_job(
+        services, tenant, "enroll", images, subject="idem", callback_url="http://127.0.0.1:9/x"
+    )
 
     first = run_batch([delivery, delivery], runtime)  # a duplicate inside one batch, too
     assert first.finished == {job_id: "succeeded"}
@@ -365,8 +385,12 @@ def test_the_same_message_twice_is_applied_once(services, make_key, pipeline, fa
     assert template_count(services, job_id) == 2
     again = job_row(services, job_id)
     assert (again.status, again.attempts, again.batch_id, again.finished_at, again.result) == (
-        done.status, done.attempts, done.batch_id, done.finished_at, done.result,
-    )  # fmt: skip
+        done.status,
+        done.attempts,
+        done.batch_id,
+        done.finished_at,
+        done.result,
+    )
     assert outbox_ids(services, job_id) == callbacks  # one callback, the same delivery id
 
 
@@ -444,9 +468,13 @@ def test_an_unreachable_database_hands_the_batch_back():
         republish=recorder.republished.extend,
     )
     kwargs = {
-        "job_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "kind": "verify",
-        "blob_keys": ["t/j/0"], "subject_id": "s", "submitted_at": time.time(),
-    }  # fmt: skip
+        "job_id": str(uuid.uuid4()),
+        "tenant_id": str(uuid.uuid4()),
+        "kind": "verify",
+        "blob_keys": ["t/j/0"],
+        "subject_id": "s",
+        "submitted_at": time.time(),
+    }
     delivery = Delivery(task_id=kwargs["job_id"], kwargs=kwargs)
     report = run_batch([delivery], runtime)
     assert report.republished == 1
@@ -455,12 +483,19 @@ def test_an_unreachable_database_hands_the_batch_back():
 
 def test_republish_sends_the_same_message_to_its_queue(services, redis_client):
     from worker.batch import Delivery
-    from worker.tasks import republish
+    from worker.runtime import republish
 
     kwargs = {
-        "v": 1, "job_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "kind": "identify",
-        "blob_keys": ["t/j/0"], "subject_id": None, "top_k": 3, "cropped": False, "submitted_at": 1.5,
-    }  # fmt: skip
+        "v": 1,
+        "job_id": str(uuid.uuid4()),
+        "tenant_id": str(uuid.uuid4()),
+        "kind": "identify",
+        "blob_keys": ["t/j/0"],
+        "subject_id": None,
+        "top_k": 3,
+        "cropped": False,
+        "submitted_at": 1.5,
+    }
     redis_client.delete("identify")
     republish([Delivery(task_id=kwargs["job_id"], kwargs=kwargs)])
     raw = redis_client.lpop("identify")
@@ -482,10 +517,15 @@ def test_a_pool_process_killed_mid_batch_hands_its_jobs_back(services, make_key,
     tenant = tenant_id(services, make_key)
     people = sorted(p.name for p in (faces_dir / "lfw_colour").iterdir() if p.is_dir())
     jobs = [
-        queue_job(services, tenant, "enroll", [face(faces_dir, people[i % len(people)], 1 + i // len(people))],
-                  subject=f"killed-{i}")
+        queue_job(
+            services,
+            tenant,
+            "enroll",
+            [face(faces_dir, people[i % len(people)], 1 + i // len(people))],
+            subject=f"killed-{i}",
+        )
         for i in range(16)
-    ]  # fmt: skip
+    ]
     for _, delivery in jobs:
         get_celery().send_task(
             RUN_JOBS_TASK, kwargs=delivery.kwargs, queue=QUEUE_FOR_KIND["enroll"], task_id=delivery.task_id

@@ -10,7 +10,7 @@ import re
 import socket
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -63,23 +63,43 @@ def add_job(services, tenant_id, kind, status, subject=None, images=1, age=timed
     blobs = open_blob_store(services.blob_url)
     for key in keys:
         blobs.put(key, b"stored image bytes")
-    submitted = datetime.now(timezone.utc) - age
+    submitted = datetime.now(UTC) - age
     with session_scope(services.database_url) as session:
-        session.add(Job(id=job_id, tenant_id=tenant_id, kind=kind, status=status, subject_external_id=subject,
-                        blob_keys=keys, attempts=1, submitted_at=submitted,
-                        result={"templates_created": 1} if template else None))  # fmt: skip
+        session.add(
+            Job(
+                id=job_id,
+                tenant_id=tenant_id,
+                kind=kind,
+                status=status,
+                subject_external_id=subject,
+                blob_keys=keys,
+                attempts=1,
+                submitted_at=submitted,
+                result={"templates_created": 1} if template else None,
+            )
+        )
         if template:
             if session.get(ModelVersion, "privacy-test-model") is None:
-                session.add(ModelVersion(name="privacy-test-model", architecture="x", weights_sha256="0" * 64,
-                                         threshold=0.6))  # fmt: skip
+                session.add(
+                    ModelVersion(name="privacy-test-model", architecture="x", weights_sha256="0" * 64, threshold=0.6)
+                )
                 session.flush()
             row = session.query(Subject).filter_by(tenant_id=tenant_id, external_id=subject).first()
             if row is None:
                 row = Subject(tenant_id=tenant_id, external_id=subject)
                 session.add(row)
                 session.flush()
-            session.add(Template(tenant_id=tenant_id, subject_id=row.id, model_version="privacy-test-model",
-                                 embedding=[0.5] * 128, source_job_id=job_id, image_index=0, image_key=keys[0]))  # fmt: skip
+            session.add(
+                Template(
+                    tenant_id=tenant_id,
+                    subject_id=row.id,
+                    model_version="privacy-test-model",
+                    embedding=[0.5] * 128,
+                    source_job_id=job_id,
+                    image_index=0,
+                    image_key=keys[0],
+                )
+            )
     return str(job_id), keys
 
 
@@ -148,7 +168,9 @@ def test_allowed_network_is_accepted_and_the_dispatcher_checks_again(services, m
     key = make_key(f"cb-{uuid.uuid4().hex[:8]}")
     with app_client(callback_allowed_networks="127.0.0.0/8") as client:
         response = client.post(
-            "/v1/identifications", json={"image": b64(png(2)), "callback_url": "http://127.0.0.1:9/h"}, headers=auth(key)
+            "/v1/identifications",
+            json={"image": b64(png(2)), "callback_url": "http://127.0.0.1:9/h"},
+            headers=auth(key),
         )
     assert response.status_code == 202
     job_id = uuid.UUID(response.json()["id"])
@@ -212,8 +234,9 @@ def test_retention_run_deletes_old_images_only(services, make_key):
     from shared.db.session import session_scope
 
     tenant_id = tenant_of(services, make_key(f"ret-{uuid.uuid4().hex[:8]}"))
-    old, old_keys = add_job(services, tenant_id, "enroll", "succeeded", subject="old", age=timedelta(days=400),
-                            template=True)  # fmt: skip
+    old, old_keys = add_job(
+        services, tenant_id, "enroll", "succeeded", subject="old", age=timedelta(days=400), template=True
+    )
     recent, recent_keys = add_job(services, tenant_id, "enroll", "succeeded", subject="new", template=True)
     probe, probe_keys = add_job(services, tenant_id, "verify", "failed", subject="new")
     waiting, waiting_keys = add_job(services, tenant_id, "enroll", "queued", subject="w", age=timedelta(days=400))
@@ -255,8 +278,9 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{120,}={0,2}")
 
 
 @pytest.mark.faces
-def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(api_client, services, make_key, start_worker, faces_dir,
-                                                           caplog):  # fmt: skip
+def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(
+    api_client, services, make_key, start_worker, faces_dir, caplog
+):
     """Two tenants use the same subject id: each route sees only its own tenant's data; the
     worker log and the API's logs hold no key, no image bytes or base64 and no descriptor."""
     from sqlalchemy import select
@@ -343,9 +367,17 @@ def test_a_failed_statement_logs_no_parameters(services, make_key, caplog):
     log = logging.getLogger("tests.privacy")
     with pytest.raises(DBAPIError):
         with session_scope(services.database_url) as session:  # no such subject or model version
-            session.add(Template(tenant_id=tenant_id, subject_id=uuid.uuid4(), model_version=image,
-                                 embedding=descriptor, source_job_id=uuid.uuid4(), image_index=0,
-                                 image_key=image_key))  # fmt: skip
+            session.add(
+                Template(
+                    tenant_id=tenant_id,
+                    subject_id=uuid.uuid4(),
+                    model_version=image,
+                    embedding=descriptor,
+                    source_job_id=uuid.uuid4(),
+                    image_index=0,
+                    image_key=image_key,
+                )
+            )
             try:
                 session.flush()
             except DBAPIError:

@@ -6,6 +6,7 @@ import base64
 import io
 import time
 import uuid
+from datetime import UTC
 
 import pytest
 from PIL import Image
@@ -74,7 +75,7 @@ def final(client, key: str, job_id: str) -> bool:
 def check_autoscale_commands(expected: dict[str, int]) -> None:
     """`biofleet autoscale desired` and `publish --cloudwatch --once` (into moto) on the live depth."""
     import json
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from click.testing import CliRunner
 
@@ -95,9 +96,14 @@ def check_autoscale_commands(expected: dict[str, int]) -> None:
         import boto3
 
         client = boto3.client("cloudwatch")
-        now = datetime.now(timezone.utc)
-        window = dict(StartTime=now - timedelta(minutes=5), EndTime=now + timedelta(minutes=5), Period=60,
-                      Statistics=["Maximum"], Namespace="biofleet")  # fmt: skip
+        now = datetime.now(UTC)
+        window = dict(
+            StartTime=now - timedelta(minutes=5),
+            EndTime=now + timedelta(minutes=5),
+            Period=60,
+            Statistics=["Maximum"],
+            Namespace="biofleet",
+        )
         for queue, depth in expected.items():
             points = client.get_metric_statistics(
                 MetricName="QueueDepth", Dimensions=[{"Name": "Queue", "Value": queue}], **window
@@ -120,8 +126,14 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
     image = blank_png()
     # No sweeper: the queues were just emptied, so queued jobs of earlier tests (a retention test
     # leaves one, 400 days old) would be published again into these exact counts and batches.
-    worker = start_worker(batch_size=BATCH, flush_interval_ms=HOLD_MS, prefetch_batches=2, worker_concurrency=1,
-                          sweep_interval_s=0, retention_interval_s=0)  # fmt: skip
+    worker = start_worker(
+        batch_size=BATCH,
+        flush_interval_ms=HOLD_MS,
+        prefetch_batches=2,
+        worker_concurrency=1,
+        sweep_interval_s=0,
+        retention_interval_s=0,
+    )
     prefetch = 2 * BATCH  # celeryconfig.prefetch_multiplier(5, 2, 1): unacked messages one worker holds at most
     paused = []
     try:
@@ -134,9 +146,11 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
         held = [submit_identify(api_client, key, image) for _ in range(BATCH - 2)]
         # (a message leaves the list a moment before it is written to `unacked`: wait for both)
         wait_until(
-            lambda: waiting_counts(redis_client)["identify"] == 0 and reserved_counts(redis_client)["identify"] == len(held),
+            lambda: (
+                waiting_counts(redis_client)["identify"] == 0 and reserved_counts(redis_client)["identify"] == len(held)
+            ),
             "the worker to reserve the jobs",
-        )  # fmt: skip
+        )
         assert not any(final(api_client, key, j) for j in held)
         expected = dict.fromkeys(JOB_QUEUES, 0) | {"identify": len(held)}
         assert queue_depths(redis_client) == expected  # the list alone would say 0
@@ -149,15 +163,19 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
             paused.append(process)
         more = [submit_identify(api_client, key, image) for _ in range(prefetch + 5 - len(held))]
         wait_until(
-            lambda: reserved_counts(redis_client)["identify"] == prefetch
-            and waiting_counts(redis_client)["identify"] == len(held) + len(more) - prefetch,
+            lambda: (
+                reserved_counts(redis_client)["identify"] == prefetch
+                and waiting_counts(redis_client)["identify"] == len(held) + len(more) - prefetch
+            ),
             "the worker to fill its prefetch",
         )
         enrolls = [submit_enroll(api_client, key, image) for _ in range(2)]
         time.sleep(1.0)  # a worker that still took messages would take some of these now
         submitted = {"identify": len(finished) + len(held) + len(more), "enroll": len(enrolls)}
-        done = {"identify": sum(final(api_client, key, j) for j in finished + held + more),
-                "enroll": sum(final(api_client, key, j) for j in enrolls)}  # fmt: skip
+        done = {
+            "identify": sum(final(api_client, key, j) for j in finished + held + more),
+            "enroll": sum(final(api_client, key, j) for j in enrolls),
+        }
         assert done == {"identify": len(finished), "enroll": 0}
         expected = dict.fromkeys(JOB_QUEUES, 0) | {q: submitted[q] - done[q] for q in submitted}
         assert reserved_counts(redis_client)["identify"] == prefetch

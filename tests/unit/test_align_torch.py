@@ -20,8 +20,14 @@ from worker.face.weights import SHAPE_PREDICTOR_5, model_path
 
 dlib = pytest.importorskip("dlib")
 
-CASES = [(1.0, 0.1, "centre"), (0.4, -0.6, "centre"), (2.5, 0.3, "centre"), (5.0, -0.2, "centre"),
-         (1.2, 0.9, "edge"), (3.0, 0.0, "corner")]  # fmt: skip
+CASES = [
+    (1.0, 0.1, "centre"),
+    (0.4, -0.6, "centre"),
+    (2.5, 0.3, "centre"),
+    (5.0, -0.2, "centre"),
+    (1.2, 0.9, "edge"),
+    (3.0, 0.0, "corner"),
+]
 
 
 def test_torch_chips_match_dlib_on_synthetic_images_in_one_batch():

@@ -17,8 +17,7 @@ def png(width: int, height: int) -> bytes:
 
 def runtime(budget: int, pipeline=None) -> Runtime:
     settings = Settings(batch_pixel_budget=budget, redis_url="redis://x", database_url="postgresql://x")
-    return Runtime(pipeline=pipeline, blobs=None, database_url="", model_version="v", settings=settings,
-                   republish=None)  # fmt: skip
+    return Runtime(pipeline=pipeline, blobs=None, database_url="", model_version="v", settings=settings, republish=None)
 
 
 def slots_of(*jobs: int) -> list:

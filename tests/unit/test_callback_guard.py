@@ -9,9 +9,20 @@ from shared.callback_guard import CallbackRefused, allowed_networks, blocked_add
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "0.0.0.0", "::1", "fe80::1",
-     "fc00::1", "::ffff:127.0.0.1", "224.0.0.1"],
-)  # fmt: skip
+    [
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.9",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "224.0.0.1",
+    ],
+)
 def test_private_loopback_and_link_local_are_blocked(address):
     assert blocked_address(ipaddress.ip_address(address), [])
 
@@ -30,7 +41,8 @@ def test_the_allow_list_lets_a_network_through():
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:8080/x", "https://[::1]/x", "http://169.254.169.254/latest/meta-data", "http://localhost/x"]
+    "url",
+    ["http://127.0.0.1:8080/x", "https://[::1]/x", "http://169.254.169.254/latest/meta-data", "http://localhost/x"],
 )
 def test_urls_into_private_networks_are_refused(url):
     with pytest.raises(CallbackRefused):
@@ -46,9 +58,7 @@ def test_allowed_loopback_passes_and_unresolvable_hosts_depend_on_strictness():
         check_callback_url("https://no-such-host.invalid/hook", [])
 
 
-@pytest.mark.parametrize(
-    "address", ["100.64.0.1", "100.100.100.200", "100.127.255.254", "198.18.0.1", "240.0.0.1"]
-)
+@pytest.mark.parametrize("address", ["100.64.0.1", "100.100.100.200", "100.127.255.254", "198.18.0.1", "240.0.0.1"])
 def test_addresses_that_are_not_globally_routable_are_blocked(address):
     """Shared address space (100.64.0.0/10, where one cloud serves its metadata at 100.100.100.200),
     benchmarking and reserved ranges are not private, but not global either."""

@@ -6,8 +6,13 @@ from cli.chaos_run import ChaosReport, _steps
 
 
 def test_the_line_has_the_promised_shape():
-    report = ChaosReport(accepted=400, succeeded=351, failed=Counter({"no_face": 26, "bad_image": 23}),
-                         callbacks_expected=395, callbacks_delivered=395)  # fmt: skip
+    report = ChaosReport(
+        accepted=400,
+        succeeded=351,
+        failed=Counter({"no_face": 26, "bad_image": 23}),
+        callbacks_expected=395,
+        callbacks_delivered=395,
+    )
     assert report.line() == (
         "accepted 400, succeeded 351, failed 49, lost 0, duplicated 0, callbacks expected 395, delivered 395, forged 0"
     )

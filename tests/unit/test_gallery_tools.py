@@ -9,7 +9,8 @@ import pytest
 from cli.calibrate import all_impostor_distances
 from cli.enroll_dir import StateFile, SubjectSource, idempotency_key, list_subjects
 from worker.face.calibration import bootstrap_interval, calibrate, fmr_at, match_threshold_at_fmr
-from worker.variants import MultiEmbedder, check_preprocessing, embed_variant, jitter_transforms, jittered
+from worker.face.variants import jitter_transforms, jittered
+from worker.versions import check_preprocessing
 
 
 def test_threshold_reproduces_the_fmr_it_was_chosen_for():
@@ -44,9 +45,8 @@ def test_all_impostor_distances_match_brute_force():
     names = ["a/a_1.jpg", "a/a_2.jpg", "b/b_1.jpg", "c/c_1.jpg"]
     vectors = rng.normal(size=(4, 128))
     expected = sorted(
-        np.linalg.norm(vectors[i] - vectors[j])
-        for i in range(4) for j in range(i + 1, 4) if names[i][0] != names[j][0]
-    )  # fmt: skip
+        np.linalg.norm(vectors[i] - vectors[j]) for i in range(4) for j in range(i + 1, 4) if names[i][0] != names[j][0]
+    )
     assert np.allclose(sorted(all_impostor_distances(names, vectors)), expected)
 
 
@@ -80,17 +80,31 @@ def test_jitter_is_fixed_and_changes_the_chips():
     assert not np.array_equal(once[0], chips[0])
 
 
-def test_multi_embedder_serves_several_versions_in_one_call():
+def test_the_pipeline_gives_each_version_its_descriptor_in_one_pass():
+    """FacePipeline.process(..., variants): one descriptor per version per face, the first also
+    the face's descriptor; cropped images, so only the network (a stub) is involved."""
+    import io
+
+    from PIL import Image
+
+    from worker.face.pipeline import FacePipeline
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (150, 150), (90, 120, 200)).save(buffer, format="PNG")
+
+    class FixedLandmarks:
+        def landmarks(self, image, box):
+            return np.array([[105, 60], [88, 61], [45, 60], [62, 61], [75, 100]], dtype=float)
+
     inner = SumEmbedder()
-    multi = MultiEmbedder(inner)
-    multi.want = {"plain": {}, "flip": {"flip": True}, "jitter": {"jitter": 4}}
-    chips = np.random.default_rng(2).integers(0, 255, size=(3, 150, 150, 3), dtype=np.uint8)
-    first = multi.embed(chips)
-    assert set(multi.last) == {"plain", "flip", "jitter"}
-    assert np.array_equal(first, multi.last["plain"])
-    assert all(v.shape == (3, 128) for v in multi.last.values())
-    assert np.allclose(multi.last["flip"], embed_variant(inner, chips, {}))  # mirror keeps channel means
-    assert multi.weights_sha256 == "w"
+    variants = {"plain": {}, "flip": {"flip": True}, "jitter": {"jitter": 4}}
+    with FacePipeline(inner, None, FixedLandmarks(), max_pixels=10**8, aligner="numpy") as pipeline:
+        (result,) = pipeline.process([buffer.getvalue()], cropped=True, variants=variants)
+        (plain,) = pipeline.process([buffer.getvalue()], cropped=True)
+    assert list(result.descriptors) == ["plain", "flip", "jitter"]
+    assert all(v.shape == (128,) for v in result.descriptors.values())
+    assert np.array_equal(result.descriptor, result.descriptors["plain"])
+    assert np.allclose(result.descriptor, plain.descriptor) and plain.descriptors == {}
 
 
 def test_state_file_keeps_the_last_status_and_counts_failures(tmp_path):
@@ -108,7 +122,9 @@ def test_state_file_keeps_the_last_status_and_counts_failures(tmp_path):
 
 def test_idempotency_key_follows_subject_images_and_attempt():
     subject = SubjectSource("alice", ["/x/alice/1.jpg", "/x/alice/2.jpg"])
-    assert idempotency_key(subject, 0) == idempotency_key(SubjectSource("alice", ["/y/alice/1.jpg", "/y/alice/2.jpg"]), 0)
+    assert idempotency_key(subject, 0) == idempotency_key(
+        SubjectSource("alice", ["/y/alice/1.jpg", "/y/alice/2.jpg"]), 0
+    )
     assert idempotency_key(subject, 0) != idempotency_key(subject, 1)
     assert idempotency_key(subject, 0) != idempotency_key(SubjectSource("alice", ["/x/alice/1.jpg"]), 0)
 
@@ -119,7 +135,10 @@ def test_list_subjects_takes_image_folders_and_the_first_samples(tmp_path):
         for file in files:
             (tmp_path / name / file).write_bytes(b"x")
     found = list_subjects(str(tmp_path), samples=1)
-    assert [(s.subject_id, [p.rsplit("/", 1)[1] for p in s.images]) for s in found] == [("amy", ["a.jpg"]), ("bob", ["1.png"])]
+    assert [(s.subject_id, [p.rsplit("/", 1)[1] for p in s.images]) for s in found] == [
+        ("amy", ["a.jpg"]),
+        ("bob", ["1.png"]),
+    ]
 
 
 def test_s3_subjects_are_listed_by_folder(monkeypatch):

@@ -100,20 +100,33 @@ SCALED_OBJECT_SCHEMA = {
                     "type": "object",
                     "required": ["name"],
                     "additionalProperties": False,
-                    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")},
+                    "properties": {
+                        k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")
+                    },
                 },
                 "fallback": {
                     "type": "object",
                     "required": ["failureThreshold", "replicas"],
                     "additionalProperties": False,
-                    "properties": {"failureThreshold": {"type": "integer", "minimum": 1},
-                                   "replicas": {"type": "integer", "minimum": 0},
-                                   "behavior": {"enum": ["static", "currentReplicas",
-                                                         "currentReplicasIfHigher", "currentReplicasIfLower"]}},
-                },  # fmt: skip
-                **{k: {"type": "integer", "minimum": 0} for k in (
-                    "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
-                    "minReplicaCount", "maxReplicaCount")},  # fmt: skip
+                    "properties": {
+                        "failureThreshold": {"type": "integer", "minimum": 1},
+                        "replicas": {"type": "integer", "minimum": 0},
+                        "behavior": {
+                            "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+                        },
+                    },
+                },
+                **{
+                    k: {"type": "integer", "minimum": 0}
+                    for k in (
+                        "pollingInterval",
+                        "cooldownPeriod",
+                        "initialCooldownPeriod",
+                        "idleReplicaCount",
+                        "minReplicaCount",
+                        "maxReplicaCount",
+                    )
+                },
                 "advanced": {
                     "type": "object",
                     "additionalProperties": False,
@@ -208,7 +221,7 @@ def test_keda_objects_have_only_keda_fields():
 
 
 def test_worker_scaler_reads_the_depth_and_a_redis_list_per_queue():
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     spec = find("ScaledObject", "worker")["spec"]
     assert spec["scaleTargetRef"]["name"] == "worker"
@@ -255,7 +268,7 @@ def test_metrics_are_not_on_the_api_service():
 
 
 def test_scaler_numbers_match_the_simulator_defaults():
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     spec = find("ScaledObject", "worker")["spec"]
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
@@ -264,7 +277,9 @@ def test_scaler_numbers_match_the_simulator_defaults():
     assert spec["pollingInterval"] == policy.poll_s
     assert behavior["scaleDown"]["stabilizationWindowSeconds"] == policy.cooldown_s
     assert {p["type"]: p["value"] for p in behavior["scaleUp"]["policies"]} == {
-        "Pods": policy.scale_up_pods, "Percent": policy.scale_up_percent}  # fmt: skip
+        "Pods": policy.scale_up_pods,
+        "Percent": policy.scale_up_percent,
+    }
     assert behavior["scaleDown"]["policies"] == [{"type": "Pods", "value": policy.scale_down_pods, "periodSeconds": 60}]
 
 
@@ -359,7 +374,7 @@ def test_cloudformation_tracks_the_published_metric():
     bucket = next(r for r in resources.values() if r["Type"] == "AWS::S3::Bucket")["Properties"]
     assert bucket["BucketEncryption"] and bucket["LifecycleConfiguration"]["Rules"]
     assert template["Parameters"]["InstanceType"]["Default"] in ("g5.xlarge", "g6.xlarge")
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     assert template["Parameters"]["TargetBacklogPerWorker"]["Default"] == Policy().per_worker
     assert template["Parameters"]["MinWorkers"]["Default"] == Policy().min_replicas

@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from worker.face.dlib_format import Reader, read_bn_con
+from worker.face.dlib_format import Reader
 from worker.face.errors import WeightsFormatError
-from worker.face.mmod import MmodDetector, pyramid_layout, pyramid_levels, read_mmod
+from worker.face.mmod import MmodDetector, read_mmod
+from worker.face.mmod_format import read_bn_con
+from worker.face.mmod_pyramid import pyramid_layout, pyramid_levels
 from worker.face.weights import MMOD_DETECTOR, model_path
 
 SAMPLE_PER_FOLDER = 24
@@ -122,11 +124,18 @@ def raw_tensor(values) -> str:
 def test_batch_norm_record_becomes_dlibs_affine():
     alias = dlib_int(1) + "".join(dlib_int(d) for d in (1, 2, 1, 1))
     record = (
-        raw_tensor([2.0, 4.0, 1.0, -1.0]) + alias + alias  # gamma (2, 4), beta (1, -1)
-        + raw_tensor([0, 0]) + raw_tensor([0, 0])  # batch means and inverse deviations
-        + raw_tensor([0.5, -1.0]) + raw_tensor([3.0, 0.0])  # running means and variances
-        + dlib_int(100) + dlib_int(100) + dlib_float(1.0) * 4 + dlib_float(1.0)  # ..., eps = 1
-    )  # fmt: skip
+        raw_tensor([2.0, 4.0, 1.0, -1.0])
+        + alias
+        + alias  # gamma (2, 4), beta (1, -1)
+        + raw_tensor([0, 0])
+        + raw_tensor([0, 0])  # batch means and inverse deviations
+        + raw_tensor([0.5, -1.0])
+        + raw_tensor([3.0, 0.0])  # running means and variances
+        + dlib_int(100)
+        + dlib_int(100)
+        + dlib_float(1.0) * 4
+        + dlib_float(1.0)  # ..., eps = 1
+    )
     r = Reader(bytes.fromhex(dlib_int(7)) + b"bn_con2" + bytes.fromhex(record))
     batch_norm = read_bn_con(r)
     r.end()

@@ -102,8 +102,8 @@ def test_reduced_decode_gives_the_boxes_of_the_full_decode(parts, faces_dir, nam
     picture, crop = place(source(faces_dir, name), frame, face_px, 7)
     data = encode(picture, "JPEG", 90)
     with variant(parts, detect_max_side=480) as reduced, variant(parts, detect_max_side=8192) as whole:
-        small, = reduced.process([data])
-        full, = whole.process([data])
+        (small,) = reduced.process([data])
+        (full,) = whole.process([data])
     assert small.ok and full.ok
     a, b = corners(small.box), corners(full.box)
     width = b[2] - b[0]
@@ -136,11 +136,11 @@ def test_12mp_photo_matches_its_250_crop_in_bounded_memory(parts, faces_dir):
     data = encode(picture, "JPEG", 90)
     del picture
     with variant(parts) as pipeline:
-        crop_result, = pipeline.process([encode(face, "JPEG", 95)])
+        (crop_result,) = pipeline.process([encode(face, "JPEG", 95)])
         pipeline.process([data])  # warm
         tracemalloc.start()
         try:
-            result, = pipeline.process([data])
+            (result,) = pipeline.process([data])
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -179,8 +179,10 @@ def test_corpus_is_deterministic(faces_dir):
 
 def test_torch_alignment_in_the_pipeline_on_the_cpu(parts, faces_dir):
     """The device path's alignment, falling back to the CPU: the same faces as numpy's."""
-    photos = [encode(place(source(faces_dir, name), (4032, 3024), 500, 2)[0], "JPEG", 90) for name in
-              ("Vladimir_Putin", "Donald_Rumsfeld")]  # fmt: skip
+    photos = [
+        encode(place(source(faces_dir, name), (4032, 3024), 500, 2)[0], "JPEG", 90)
+        for name in ("Vladimir_Putin", "Donald_Rumsfeld")
+    ]
     photos.append(encode(source(faces_dir, "Tony_Blair", 3), "JPEG", 95))
     with variant(parts, aligner="numpy") as exact, variant(parts, aligner="torch") as batched:
         assert exact.aligner == "numpy" and batched.aligner == "torch"
@@ -195,8 +197,13 @@ def test_photo_table_prints_every_size(capsys):
     from bench.model import print_photo_table
 
     stages = {"decode": 1.0, "detect": 2.0, "landmarks": 0.5, "align": 1.5, "embed": 3.0}
-    row = {"biofleet": stages, "dlib": stages, "biofleet_peak_rss_mib": 700.0, "dlib_peak_rss_mib": 900.0,
-           "dlib_cnn_detect_ms_one_image": 4321.0}  # fmt: skip
+    row = {
+        "biofleet": stages,
+        "dlib": stages,
+        "biofleet_peak_rss_mib": 700.0,
+        "dlib_peak_rss_mib": 900.0,
+        "dlib_cnn_detect_ms_one_image": 4321.0,
+    }
     print_photo_table({"photo_stages_ms_per_image": {"250x250": row, "12 MP": row}})
     out = capsys.readouterr().out
     assert "12 MP" in out and "250x250" in out and "4321" in out and "8.0" in out

@@ -53,8 +53,12 @@ def test_biofleet_up_refuses_before_starting_anything(tmp_path):
 
 def test_every_engine_hides_statement_parameters():
     sources = [p for folder in ("shared", "api", "worker", "cli") for p in (ROOT / folder).rglob("*.py")]
-    calls = [(p, line) for p in sources for line in p.read_text().splitlines() if "create_engine(" in line
-             and "import" not in line]  # fmt: skip
+    calls = [
+        (p, line)
+        for p in sources
+        for line in p.read_text().splitlines()
+        if "create_engine(" in line and "import" not in line
+    ]
     assert calls
     for path, line in calls:
         assert "hide_parameters=True" in line, f"{path.relative_to(ROOT)}: {line.strip()}"

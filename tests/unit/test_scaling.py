@@ -1,13 +1,13 @@
 """Desired replica count, the CloudWatch publisher (in moto) and the scaling simulator."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from bench import scaling_sim as sim
+from cli import scaling_sim as sim
 from shared.scaling import (
     BACKLOG_PER_WORKER,
     QUEUE_DEPTH,
@@ -70,7 +70,7 @@ def aws(monkeypatch):
 
 
 def _latest(client, name: str, dimensions: list[dict]) -> float:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     points = client.get_metric_statistics(
         Namespace="biofleet",
         MetricName=name,
@@ -91,8 +91,10 @@ def test_publisher_writes_depth_and_backlog_per_worker(aws):
     depths = {"verify": 120, "enroll": 7, "identify": 0, "reenroll": 3000}
     publish_cloudwatch(client, depths, workers=4)
 
-    names = {(m["MetricName"], tuple((d["Name"], d["Value"]) for d in m["Dimensions"]))
-             for m in client.list_metrics(Namespace="biofleet")["Metrics"]}  # fmt: skip
+    names = {
+        (m["MetricName"], tuple((d["Name"], d["Value"]) for d in m["Dimensions"]))
+        for m in client.list_metrics(Namespace="biofleet")["Metrics"]
+    }
     assert (BACKLOG_PER_WORKER, ()) in names
     for queue in depths:
         assert (QUEUE_DEPTH, (("Queue", queue),)) in names
@@ -109,9 +111,13 @@ def test_asg_worker_count_reads_in_service_instances(aws):
     image = ec2.describe_images()["Images"][0]["ImageId"]
     autoscaling.create_launch_configuration(LaunchConfigurationName="lc", ImageId=image, InstanceType="g5.xlarge")
     autoscaling.create_auto_scaling_group(
-        AutoScalingGroupName="workers", LaunchConfigurationName="lc", MinSize=3, MaxSize=5, DesiredCapacity=3,
+        AutoScalingGroupName="workers",
+        LaunchConfigurationName="lc",
+        MinSize=3,
+        MaxSize=5,
+        DesiredCapacity=3,
         AvailabilityZones=["us-east-1a"],
-    )  # fmt: skip
+    )
     assert count_asg_in_service(autoscaling, "workers") == 3
     with pytest.raises(LookupError):
         count_asg_in_service(autoscaling, "nope")
@@ -193,9 +199,22 @@ def test_simulate_command_prints_json_and_writes_the_plot(tmp_path):
     trace.write_text("time_s,verify\n0,50\n300,50\n")
     png = tmp_path / "out.png"
     result = CliRunner().invoke(
-        autoscale, ["simulate", "--trace", str(trace), "--per-worker", "16", "--per-worker", "64",
-                    "--startup", "30", "--plot", str(png), "--json"],
-    )  # fmt: skip
+        autoscale,
+        [
+            "simulate",
+            "--trace",
+            str(trace),
+            "--per-worker",
+            "16",
+            "--per-worker",
+            "64",
+            "--startup",
+            "30",
+            "--plot",
+            str(png),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert [r["policy"]["per_worker"] for r in report["results"]] == [16, 64]

@@ -1,16 +1,16 @@
 """The batching worker's pure parts: message parsing, outcomes, distances, signatures, prefetch."""
 
-import importlib
-import sys
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shared.settings import get_settings
-from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
+from celeryconfig import celery_config, prefetch_multiplier
+from shared.settings import Settings
 from shared.webhooks import new_secret, signed_headers
+from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
 from worker.callbacks import backoff_s
 from worker.compare import verify
 from worker.face.types import FaceResult
@@ -18,9 +18,13 @@ from worker.face.types import FaceResult
 
 def message(**changes) -> dict:
     kwargs = {
-        "job_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()), "kind": "verify",
-        "blob_keys": ["t/j/0"], "subject_id": "s", "submitted_at": 1.0,
-    }  # fmt: skip
+        "job_id": str(uuid.uuid4()),
+        "tenant_id": str(uuid.uuid4()),
+        "kind": "verify",
+        "blob_keys": ["t/j/0"],
+        "subject_id": "s",
+        "submitted_at": 1.0,
+    }
     return {**kwargs, **changes}
 
 
@@ -45,10 +49,19 @@ def test_parse_drops_invalid_messages_and_keeps_one_per_job():
 
 def item(kind: str, faces: list[FaceResult]) -> WorkItem:
     return WorkItem(
-        delivery=Delivery("t", {}), message=None, job_id=uuid.uuid4(), tenant_id=uuid.uuid4(), kind=kind,
-        subject="s", top_k=None, cropped=False, blob_keys=[f"k{i}" for i in range(len(faces))],
-        callback_url=None, attempts=1, faces=faces,
-    )  # fmt: skip
+        delivery=Delivery("t", {}),
+        message=None,
+        job_id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        kind=kind,
+        subject="s",
+        top_k=None,
+        cropped=False,
+        blob_keys=[f"k{i}" for i in range(len(faces))],
+        callback_url=None,
+        attempts=1,
+        faces=faces,
+    )
 
 
 def test_enroll_outcome_succeeds_with_any_enrolled_image():
@@ -110,16 +123,14 @@ def test_callback_backoff_doubles_up_to_a_cap():
 
 
 @pytest.fixture
-def celeryconfig(monkeypatch):
-    """celeryconfig imported with explicit service URLs (it reads settings at import)."""
-    monkeypatch.setenv("BIOFLEET_REDIS_URL", "redis://127.0.0.1:1/0")
-    monkeypatch.setenv("BIOFLEET_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
-    monkeypatch.setenv("BIOFLEET_BLOB_URL", "file:///nonexistent")
-    get_settings.cache_clear()
-    sys.modules.pop("celeryconfig", None)
-    yield importlib.import_module("celeryconfig")
-    sys.modules.pop("celeryconfig", None)
-    get_settings.cache_clear()
+def celeryconfig():
+    """The Celery configuration for settings with explicit service URLs."""
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+        blob_url="file:///nonexistent",
+    )
+    return SimpleNamespace(**celery_config(settings), prefetch_multiplier=prefetch_multiplier)
 
 
 @pytest.mark.parametrize(("batch", "batches", "processes"), [(32, 2, 1), (16, 2, 1), (32, 2, 4), (1, 1, 1), (8, 0, 3)])

@@ -9,12 +9,12 @@ the rectangle is at most twice the chip, then one batched bilinear grid_sample
 the image are black. Within 1 grey level of dlib on average (float sums, not dlib's integers).
 """
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from worker.face.align import plan_chip
+
 
 def _pyramid_down(image: torch.Tensor) -> torch.Tensor:
     """dlib's pyramid_down<2> on (C, H, W) float values 0..255: ((H-3)//2, (W-3)//2) output
@@ -47,9 +47,12 @@ def _source(image: np.ndarray, landmarks: np.ndarray, size: int, padding: float,
 
 
 def face_chips(
-    images: list[np.ndarray], landmarks: list[np.ndarray], size: int = 150, padding: float = 0.25,
+    images: list[np.ndarray],
+    landmarks: list[np.ndarray],
+    size: int = 150,
+    padding: float = 0.25,
     device: str | torch.device = "cpu",
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The chips dlib.get_face_chip would give, for many faces in one grid_sample.
 
     images: (H, W, 3) uint8 RGB each (one per face; the same array may repeat); landmarks: (5, 2)

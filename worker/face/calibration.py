@@ -45,8 +45,9 @@ def fnmr_at(genuine, threshold: float) -> float:
     return float(np.count_nonzero(g > threshold) / g.size)
 
 
-def bootstrap_interval(genuine, impostor, fmr: float, rounds: int = 200, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float] | None:  # fmt: skip
+def bootstrap_interval(
+    genuine, impostor, fmr: float, rounds: int = 200, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile interval of match_threshold_at_fmr over impostor sets resampled with replacement
     (pairs taken as independent). None when the FMR cannot be measured."""
     i = np.asarray(impostor, dtype=np.float64).ravel()
@@ -80,13 +81,19 @@ def calibrate(genuine, impostor, target_fmr: float = 1e-3, rounds: int = 200, se
     threshold = match_threshold_at_fmr(i, target_fmr)
     interval = bootstrap_interval(g, i, target_fmr, rounds, seed)
     return {
-        "genuine": int(g.size), "impostor": int(i.size), "eer": eer, "eer_threshold": eer_threshold,
-        "fnmr_at_fmr": at, "target_fmr": target_fmr, "threshold": threshold,
-        "threshold_low": interval[0] if interval else None, "threshold_high": interval[1] if interval else None,
+        "genuine": int(g.size),
+        "impostor": int(i.size),
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "fnmr_at_fmr": at,
+        "target_fmr": target_fmr,
+        "threshold": threshold,
+        "threshold_low": interval[0] if interval else None,
+        "threshold_high": interval[1] if interval else None,
         "fmr": fmr_at(i, threshold) if threshold is not None else None,
         "fnmr": fnmr_at(g, threshold) if threshold is not None else None,
         "min_impostors": min_impostors(target_fmr),
-    }  # fmt: skip
+    }
 
 
 def plot_calibration(genuine, impostor, report: dict, path, title: str = ""):
@@ -106,10 +113,22 @@ def plot_calibration(genuine, impostor, report: dict, path, title: str = ""):
     floor = min(1e-4, 1.0 / i.size)
     _, fmr, fnmr = det_curve(g, i)
     det_ax.plot(np.maximum(fmr, floor), np.maximum(fnmr, floor))
-    det_ax.plot([max(fmr_at(i, threshold), floor)], [max(fnmr_at(g, threshold), floor)], "o", color="black",
-                label=f"threshold {threshold:.4f} ({label})")  # fmt: skip
-    det_ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), xlabel="FMR (false match rate)",
-               ylabel="FNMR (false non-match rate)", title=f"DET curve, EER {100 * report['eer']:.2f}%")  # fmt: skip
+    det_ax.plot(
+        [max(fmr_at(i, threshold), floor)],
+        [max(fnmr_at(g, threshold), floor)],
+        "o",
+        color="black",
+        label=f"threshold {threshold:.4f} ({label})",
+    )
+    det_ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=(floor, 1),
+        ylim=(floor, 1),
+        xlabel="FMR (false match rate)",
+        ylabel="FNMR (false non-match rate)",
+        title=f"DET curve, EER {100 * report['eer']:.2f}%",
+    )
     det_ax.grid(True, which="both", alpha=0.3)
     det_ax.legend()
     bins = np.linspace(min(g[0], i[0]), max(g[-1], i[-1]), 60)
@@ -117,8 +136,9 @@ def plot_calibration(genuine, impostor, report: dict, path, title: str = ""):
     hist_ax.hist(i, bins=bins, density=True, alpha=0.6, color="tab:red", label=f"impostor ({i.size:,})")
     hist_ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4f}")
     if report.get("threshold_low") is not None:
-        hist_ax.axvspan(report["threshold_low"], report["threshold_high"], color="grey", alpha=0.3,
-                        label="95% bootstrap interval")  # fmt: skip
+        hist_ax.axvspan(
+            report["threshold_low"], report["threshold_high"], color="grey", alpha=0.3, label="95% bootstrap interval"
+        )
     hist_ax.set(xlabel="Euclidean distance", ylabel="density", title="score distributions")
     hist_ax.legend()
     if title:

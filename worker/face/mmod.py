@@ -17,7 +17,6 @@ and before every conv that pads, activations outside each image's own area are z
 gets the scores it would get alone. upsample > 0 doubles each image first, as dlib's pyramid_up.
 """
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,21 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.face.dlib_format import (
-    Conv,
-    MmodOptions,
-    PyramidInput,
-    Reader,
-    read_affine_or_bn,
-    read_layer,
-    read_layer_trailer,
-    read_mmod_loss,
-    read_pyramid_input,
+from worker.face.dlib_format import Conv, Reader, read_layer, read_layer_trailer
+from worker.face.mmod_format import MmodOptions, PyramidInput, read_affine_or_bn, read_mmod_loss, read_pyramid_input
+from worker.face.mmod_pyramid import (
+    PYRAMID_FACTOR,
+    Detection,
+    PyramidLayout,
+    pyramid_layout,
+    pyramid_up,
+    tile_levels,
 )
-from worker.face.types import Box
 
-PYRAMID_FACTOR = 6  # pyramid_down<6>: each level is 5/6 of the one above (not stored in the file)
-MIN_LEVEL_ROWS = 5
 # (in channels, out channels, kernel, stride, padding) of the convs, from the input upward.
 DOWNSAMPLER = ((3, 16, 5, 2, 0), (16, 32, 5, 2, 0), (32, 32, 5, 2, 0))
 BODY = ((32, 45, 5, 1, 2), (45, 45, 5, 1, 2), (45, 45, 5, 1, 2))
@@ -48,123 +43,6 @@ SCORE = (45, 1, 9, 1, 4)
 # Tiled-pyramid pixels per forward pass (a 250x250 image tiles to 957x272, 260 k pixels). On the
 # CPU small batches keep the activations in cache (measured fastest at 4-8 such images).
 MAX_BATCH_PIXELS = {"cpu": 2_000_000, "cuda": 32_000_000}
-
-
-@dataclass(frozen=True)
-class Detection:
-    """A face found by the detector: inclusive corners (not clipped to the image) and the
-    detection score (dlib's mmod_rectangle.confidence)."""
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-    confidence: float
-
-    def box(self) -> Box:
-        return Box(self.left, self.top, self.right, self.bottom)
-
-
-# The tiled pyramid.
-
-
-@dataclass(frozen=True)
-class Tile:
-    """Where one pyramid level sits in the tiled image."""
-
-    top: int
-    left: int
-    height: int
-    width: int
-
-    @property
-    def bottom(self) -> int:
-        return self.top + self.height - 1
-
-    @property
-    def right(self) -> int:
-        return self.left + self.width - 1
-
-
-@dataclass(frozen=True)
-class PyramidLayout:
-    """The tiles (level 0 first) and the size of the tiled image."""
-
-    tiles: tuple[Tile, ...]
-    height: int
-    width: int
-
-
-def pyramid_levels(height: int, width: int, factor: int = PYRAMID_FACTOR) -> list[tuple[int, int]]:
-    """(rows, columns) of each level, the image first: floor(rate * size) with rate (N-1)/N, down
-    to the last level with at least 5 rows (dlib's find_pyramid_down_output_image_size)."""
-    if height * width == 0:
-        return []
-    rate = (factor - 1.0) / factor
-    sizes = [(height, width)]
-    while True:
-        height, width = math.floor(rate * height), math.floor(rate * width)
-        if height * width == 0 or height < MIN_LEVEL_ROWS:
-            return sizes
-        sizes.append((height, width))
-
-
-def pyramid_layout(
-    height: int, width: int, padding: int, outer_padding: int, factor: int = PYRAMID_FACTOR
-) -> PyramidLayout:
-    """dlib's compute_tiled_image_pyramid_details for an image of height x width."""
-    sizes = pyramid_levels(height, width, factor)
-    if not sizes:
-        return PyramidLayout((), 0, 0)
-    first_h, first_w = sizes[0]
-    total_height = sum(h + padding for h, _ in sizes) - 2 * padding
-    column, prev_width = 0, 0
-    for h, w in sizes:  # go down the first column until the rest fits beside it, coming back up
-        if w <= first_w - prev_width - padding and (column - first_h) * 2 >= total_height - first_h:
-            break
-        column += h + padding
-        prev_width = w
-    column -= padding
-
-    tiles: list[Tile] = []
-    y, i = outer_padding, 0
-    while y < column + outer_padding and i < len(sizes):
-        h, w = sizes[i]
-        tiles.append(Tile(y, outer_padding, h, w))
-        y += h + padding
-        i += 1
-    y -= padding
-    first = tiles[0]
-    while i < len(sizes):  # the second column, bottom-up, right-aligned
-        h, w = sizes[i]
-        tile = Tile(y - h, outer_padding + first_w - w, h, w)
-        overlaps = max(tile.left, first.left) <= min(tile.right, first.right) and max(
-            tile.top, first.top
-        ) <= min(tile.bottom, first.bottom)
-        if overlaps:  # dlib drops the levels that would overlap the image itself
-            break
-        tiles.append(tile)
-        y -= h + padding
-        i += 1
-    return PyramidLayout(tuple(tiles), column + 2 * outer_padding, first_w + 2 * outer_padding)
-
-
-def _tile_levels(pixels: torch.Tensor, layout: PyramidLayout) -> list[torch.Tensor]:
-    """pixels: (n, 3, H, W) normalised float32 -> each level of the pyramid, each resized from the
-    one above it bilinearly with corners aligned (dlib's tt::resize_bilinear)."""
-    levels = [pixels]
-    for tile in layout.tiles[1:]:
-        size = (tile.height, tile.width)
-        levels.append(F.interpolate(levels[-1], size=size, mode="bilinear", align_corners=True))
-    return levels
-
-
-def pyramid_up(image: torch.Tensor) -> torch.Tensor:
-    """dlib's pyramid_up with pyramid_down<2> on (n, 3, H, W) uint8 images: (2H + 1, 2W + 2) by
-    bilinear interpolation with corners aligned, truncated to uint8 (as dlib's RGB resize)."""
-    h, w = image.shape[-2:]
-    up = F.interpolate(image.float(), size=(2 * h + 1, 2 * w + 2), mode="bilinear", align_corners=True)
-    return up.clamp_(0, 255).to(torch.uint8)
 
 
 # The network.
@@ -314,8 +192,14 @@ def _round_rect(values: np.ndarray) -> np.ndarray:
 class MmodDetector:
     """The ported MMOD face detector on one device; load once per process."""
 
-    def __init__(self, model: MmodNet, options: MmodOptions, pyramid: PyramidInput, device: torch.device,
-                 max_batch_pixels: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: MmodNet,
+        options: MmodOptions,
+        pyramid: PyramidInput,
+        device: torch.device,
+        max_batch_pixels: int | None = None,
+    ):
         self.model = model
         self.options = options
         self.pyramid = pyramid
@@ -406,7 +290,7 @@ class MmodDetector:
                 for _ in range(upsample):
                     pixels = pyramid_up(pixels)
                 pixels = (pixels.float() - mean) / 256.0
-                for tile, level in zip(layouts[start].tiles, _tile_levels(pixels, layouts[start])):
+                for tile, level in zip(layouts[start].tiles, tile_levels(pixels, layouts[start])):
                     canvas[start:end, :, tile.top : tile.top + tile.height, tile.left : tile.left + tile.width] = level
                 start = end
             mask = None

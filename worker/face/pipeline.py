@@ -22,10 +22,11 @@ header (the working copy and what its face keeps), for worker.batch's per-batch 
 
 import logging
 import math
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetect
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
 from worker.face.types import Box, FaceResult
+from worker.face.variants import embed_variant
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,13 @@ def _original_box(box: Box, work: Working) -> Box:
     if not work.reduced:
         return box
     return clip_box(
-        math.floor(box.left * work.scale_x), math.floor(box.top * work.scale_y),
-        math.ceil((box.right + 1) * work.scale_x) - 1, math.ceil((box.bottom + 1) * work.scale_y) - 1,
-        work.width, work.height,
-    )  # fmt: skip
+        math.floor(box.left * work.scale_x),
+        math.floor(box.top * work.scale_y),
+        math.ceil((box.right + 1) * work.scale_x) - 1,
+        math.ceil((box.bottom + 1) * work.scale_y) - 1,
+        work.width,
+        work.height,
+    )
 
 
 def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.ndarray]:
@@ -107,7 +112,10 @@ def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.n
     h, w = source.pixels.shape[:2]
     margin = 0.05 * side + 4
     left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
-    right, bottom = min(w, math.ceil(corners[:, 0].max() + margin) + 1), min(h, math.ceil(corners[:, 1].max() + margin) + 1)
+    right, bottom = (
+        min(w, math.ceil(corners[:, 0].max() + margin) + 1),
+        min(h, math.ceil(corners[:, 1].max() + margin) + 1),
+    )
     if left >= right or top >= bottom:
         return source, landmarks
     factor = CHIP_SIZE / side
@@ -117,14 +125,20 @@ def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.n
     fx, fy = (right - left) / size[0], (bottom - top) / size[1]  # source pixels per new pixel
     # New pixel centre j sits at source pixel left + (j + 0.5) * fx - 0.5.
     points = np.stack([(landmarks[:, 0] - left + 0.5) / fx - 0.5, (landmarks[:, 1] - top + 0.5) / fy - 0.5], axis=1)
-    shrunk = Region(pixels, source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
-                    source.top + (top + 0.5 * fy - 0.5) * source.scale_y, source.scale_x * fx, source.scale_y * fy)  # fmt: skip
+    shrunk = Region(
+        pixels,
+        source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
+        source.top + (top + 0.5 * fy - 0.5) * source.scale_y,
+        source.scale_x * fx,
+        source.scale_y * fy,
+    )
     return shrunk, points
 
 
 def _scale_box(box: Box, work: Working, region: Region) -> Box:
     """A working-copy box -> the same box in a region's pixels (not clipped: the predictor reads
     around it either way)."""
+
     def x(v: float) -> int:
         return round(((v + 0.5) * work.scale_x - 0.5 - region.left) / region.scale_x)
 
@@ -182,10 +196,17 @@ class FacePipeline:
         self.cropped_detector = CroppedDetector()
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="face")
 
-    def process(self, images: list[bytes], cropped: bool | list[bool] = False) -> list[FaceResult]:
+    def process(
+        self,
+        images: list[bytes],
+        cropped: bool | list[bool] = False,
+        variants: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> list[FaceResult]:
         """images: encoded image bytes; cropped: per image (or for all) whether it is already a
-        face crop (no detection: the whole image is the face). Returns one FaceResult per image,
-        in order."""
+        face crop (no detection: the whole image is the face); variants: model version ->
+        preprocessing (worker.face.variants), each face's descriptor per version in
+        FaceResult.descriptors, the first also its descriptor (None: the plain descriptor only).
+        Returns one FaceResult per image, in order."""
         flags = [cropped] * len(images) if isinstance(cropped, bool) else list(cropped)
         if len(flags) != len(images):
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
@@ -218,14 +239,26 @@ class FacePipeline:
         self._batch_chips([p for p in stage if isinstance(p, _Face) and p.chip is None])
 
         faces = [p for p in stage if isinstance(p, _Face)]
+        by_version: dict[str, np.ndarray] = {}
         if faces:
-            descriptors = np.asarray(self.embedder.embed(np.stack([f.chip for f in faces])), dtype=np.float32)
+            chips = np.stack([f.chip for f in faces])
+            by_version = {name: embed_variant(self.embedder, chips, pre) for name, pre in (variants or {}).items()}
+            first = next(iter(by_version.values()), None)
+            descriptors = first if first is not None else np.asarray(self.embedder.embed(chips), dtype=np.float32)
         found_at = iter(range(len(faces)))
         results = []
         for p in stage:
             if isinstance(p, _Face):
-                descriptor = descriptors[next(found_at)]
-                results.append(FaceResult(descriptor=descriptor, box=p.box, landmarks=p.landmarks, detector=p.detector))
+                k = next(found_at)
+                results.append(
+                    FaceResult(
+                        descriptor=descriptors[k],
+                        box=p.box,
+                        landmarks=p.landmarks,
+                        detector=p.detector,
+                        descriptors={name: rows[k] for name, rows in by_version.items()},
+                    )
+                )
             else:
                 results.append(p)
         return results
@@ -268,8 +301,12 @@ class FacePipeline:
             corners = source.to_original(rect.rotated_corners(angle))
             scale = max(work.scale_x, work.scale_y)
             margin = 0.1 * side * scale + 4
-            region = (corners[:, 0].min() - margin, corners[:, 1].min() - margin,
-                      corners[:, 0].max() + margin, corners[:, 1].max() + margin)  # fmt: skip
+            region = (
+                corners[:, 0].min() - margin,
+                corners[:, 1].min() - margin,
+                corners[:, 0].max() + margin,
+                corners[:, 1].max() + margin,
+            )
             source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
             face = _scale_box(box, work, source)
             landmarks = self.landmarker.landmarks(source.pixels, face)
@@ -338,13 +375,15 @@ class FacePipeline:
         except Exception as error:
             if not out_of_memory(error):
                 raise
-            log.warning("CUDA out of memory in batched detection; splitting the batch in halves",
-                        extra={"images": len(batch)})
+            log.warning(
+                "CUDA out of memory in batched detection; splitting the batch in halves", extra={"images": len(batch)}
+            )
             if len(batch) == 1:
                 return [error]
             half = len(batch) // 2
-            return (self._detect_halving(detect_many, decoded, batch[:half])
-                    + self._detect_halving(detect_many, decoded, batch[half:]))
+            return self._detect_halving(detect_many, decoded, batch[:half]) + self._detect_halving(
+                detect_many, decoded, batch[half:]
+            )
 
     def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
         """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one

@@ -97,9 +97,11 @@ def read_shape_predictor(data: bytes) -> ShapeModel:
         initial_shape=initial.astype(np.float32),
         splits=splits[..., :2].copy(),
         thresholds=floats_from_pairs(splits[..., 2].ravel(), splits[..., 3].ravel())
-        .astype(np.float32).reshape(stages, trees, nodes),
+        .astype(np.float32)
+        .reshape(stages, trees, nodes),
         leaves=floats_from_pairs(leaves[..., 2::2].ravel(), leaves[..., 3::2].ravel())
-        .astype(np.float32).reshape(stages, trees, nodes + 1, size),
+        .astype(np.float32)
+        .reshape(stages, trees, nodes + 1, size),
         anchors=np.array(anchors, dtype=np.int64),
         deltas=np.array(deltas, dtype=np.float32).reshape(stages, -1, 2),
     )
@@ -248,8 +250,10 @@ def _read_cache(cache_file: Path) -> ShapeModel | None:
                 return None
             return ShapeModel(**{f.name: saved[f.name] for f in fields(ShapeModel)})
     except Exception as error:  # a torn or foreign file: read the .dat again and replace it
-        log.warning("shape predictor cache unreadable, reading the model again",
-                    extra={"cache_file": str(cache_file), "error": repr(error)})  # fmt: skip
+        log.warning(
+            "shape predictor cache unreadable, reading the model again",
+            extra={"cache_file": str(cache_file), "error": repr(error)},
+        )
         return None
 
 

@@ -1,6 +1,6 @@
 """What the pipeline returns for one image."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,7 +19,8 @@ class Box:
 
 @dataclass
 class FaceResult:
-    """A descriptor with its face box and 5 landmarks, or an error code and message."""
+    """A descriptor with its face box and 5 landmarks, or an error code and message. descriptors:
+    one per model version the pipeline was asked for (its first is `descriptor`)."""
 
     descriptor: np.ndarray | None = None  # (128,) float32
     box: Box | None = None
@@ -27,6 +28,7 @@ class FaceResult:
     detector: str | None = None  # "hog", "cropped", ...
     error_code: str | None = None
     error_message: str | None = None
+    descriptors: dict[str, np.ndarray] = field(default_factory=dict)  # version -> (128,) float32
 
     @property
     def ok(self) -> bool:

@@ -30,7 +30,7 @@ def upgrade() -> None:
         "callback_deliveries",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("job_id", postgresql.UUID(as_uuid=True), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
-                  nullable=False, unique=True),  # fmt: skip
+                  nullable=False, unique=True),
         sa.Column("tenant_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
@@ -43,7 +43,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_callback_deliveries_due", "callback_deliveries", ["next_attempt_at"],
         postgresql_where=sa.text("status = 'pending'"),
-    )  # fmt: skip
+    )
 
 
 def downgrade() -> None:

@@ -338,8 +338,14 @@ def simulate(
             max_depth = max(max_depth, depth)
             for name, rate in trace.rate_at(t).items():
                 series["arrivals"][name].append(rate)
-            for name, value in (("t", t), ("depth", depth), ("waiting", waiting), ("workers", len(workers)),
-                                ("ready", ready), ("desired", raw)):  # fmt: skip
+            for name, value in (
+                ("t", t),
+                ("depth", depth),
+                ("waiting", waiting),
+                ("workers", len(workers)),
+                ("ready", ready),
+                ("desired", raw),
+            ):
                 series[name].append(value)
             dispatch(t)
             at_floor = sum(1 for w in workers.values() if not w.stopping) <= policy.min_replicas
