@@ -6,7 +6,7 @@ GPU_VENV := .gpu-venv
 GPU_STAMP := $(GPU_VENV)/.installed
 BUNDLE := bench/gpu-bundle/manifest.json
 
-.PHONY: install test run down bench gpu-bundle gpu-rehearsal clean
+.PHONY: install tools test run down bench gpu-bundle gpu-rehearsal clean
 
 $(STAMP): pyproject.toml requirements/*.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +16,16 @@ $(STAMP): pyproject.toml requirements/*.txt
 
 install: $(STAMP)
 
-test: install
+# promtool and prometheus (Debian package prometheus) for the monitoring tests; without apt (or
+# root) those tests skip and say why.
+tools:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+		|| echo "prometheus not installed: the monitoring tests will skip"; \
+	else echo "no apt-get as root: promtool/prometheus missing, the monitoring tests will skip"; fi
+
+test: install tools
 	$(VENV)/bin/pytest
 
 run: install

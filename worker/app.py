@@ -101,6 +101,9 @@ def load_runtime(settings: Settings) -> Runtime:
     warm_up(pipeline)
     sha = pipeline.embedder.weights_sha256
     with_db_retry(lambda: ensure_model_version(urls.database_url, settings, sha), settings.db_retry_s)
+    from worker.metrics import set_worker_info
+
+    set_worker_info(settings.model_version, str(pipeline.embedder.device))
     log.info(
         "face pipeline ready",
         extra={"model_version": settings.model_version, "device": str(pipeline.embedder.device),

@@ -712,7 +712,7 @@ def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport
         outcome = item.outcome
         extra = {"job_id": str(item.job_id), "batch_id": report.batch_id}
         report.finished[str(item.job_id)] = outcome.status
-        metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at)
+        metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at, outcome.error_code)
         log.info(
             "job finished",
             extra={**extra, "kind": item.kind, "status": outcome.status, "error_code": outcome.error_code},

@@ -143,9 +143,15 @@ def run_jobs(requests):
     from worker.app import get_runtime
     from worker.visibility import batch_finished, batch_started
 
+    from worker.metrics import busy
+
     batch_id = str(uuid.uuid4())
     started = batch_started(app, requests, batch_id)
-    report = run_batch([Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime(), batch_id=batch_id)
+    clock = time.perf_counter()
+    try:
+        report = run_batch([Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime(), batch_id=batch_id)
+    finally:
+        busy(time.perf_counter() - clock)
     batch_finished(app, requests, report, started)
 
 
