@@ -221,6 +221,9 @@ def stack_up(settings, say=print) -> dict:
         "depth_url": (
             f"http://{settings.metrics_host}:{settings.exporter_port}/metrics" if settings.exporter_port else None
         ),
+        "callbacks_metrics_url": (
+            f"http://127.0.0.1:{settings.callbacks_metrics_port}/metrics" if settings.callbacks_metrics_port else None
+        ),
     }
     # App processes started with other service URLs or ports are restarted.
     fingerprint = [redis_url, database_url, blob_url, *endpoints.values()]
@@ -321,8 +324,8 @@ def stack_status(settings) -> dict:
     }
     urls = {
         name: stack.get(name)
-        for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url",
-                     "database_url", "blob_url")
+        for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url",
+                     "callbacks_metrics_url", "redis_url", "database_url", "blob_url")
     }
     redis_url = settings.redis_url or urls["redis_url"]
     urls["redis_url"] = redis_url
