@@ -404,12 +404,22 @@ def down() -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def status(as_json: bool) -> None:
+@click.option("--watch", "live", is_flag=True, help="A live view of depth, throughput, latency and workers (1 s).")
+def status(as_json: bool, live: bool) -> None:
     """What runs (pid, alive), the URLs, and the depth of each job queue."""
     from rich.table import Table
 
     from shared.settings import get_settings
 
+    if live:
+        from cli.watch import stack_metric_urls, watch
+
+        settings = get_settings()
+        urls = stack_metric_urls(read_stack_file(settings.state_dir.resolve()), settings.worker_concurrency)
+        if not urls:
+            raise click.ClickException("no metrics endpoint recorded: run `biofleet up`")
+        watch(urls)
+        return
     info = stack_status(get_settings())
     if as_json:
         click.echo(json.dumps(info, sort_keys=True))

@@ -10,9 +10,12 @@ biofleet_callbacks_in_flight               posts this dispatcher has running (ga
 
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from shared.db.models import CallbackDelivery
 
@@ -40,7 +43,7 @@ class PendingGauge:
         self.every_s = every_s
         self.next_at = 0.0
 
-    def refresh(self, session_factory) -> None:
+    def refresh(self, session_factory: Callable[[], AbstractContextManager[Session]]) -> None:
         now = time.monotonic()
         if now < self.next_at:
             return

@@ -152,6 +152,14 @@ def test_dashboard_and_alerts_against_a_live_stack(stack, prometheus):
     empty = [name for name, expr in panel_queries() if not query(prometheus, expr)]
     assert not empty, f"panels without data: {empty}"
 
+    # `biofleet status --watch` reads the same endpoints.
+    from cli.watch import rates, render, sample, stack_metric_urls
+
+    snap = sample(stack_metric_urls(info, 1))
+    assert not snap.down and snap.workers and sum(snap.finished.values()) == len(job_ids)
+    assert rates(snap, snap).depth == {"verify": 0, "enroll": 0, "identify": 0, "reenroll": 0}
+    render(rates(snap, snap))
+
     rules = alert_rules()
     quiet = {"BiofleetBacklogGrowing", "BiofleetLatencyOverSLO", "BiofleetWorkersAbsentWithBacklog",
              "BiofleetJobsInternalError", "BiofleetScalingMetricAbsent", "BiofleetApiErrors"}  # fmt: skip
