@@ -112,7 +112,9 @@ class Dispatcher:
                     in_flight.add(pool.submit(self._attempt_and_release, row))
                 callback_metrics.IN_FLIGHT.set(len(in_flight))
                 if in_flight:
-                    _, in_flight = wait(in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED)
+                    _, in_flight = wait(
+                        in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED
+                    )
                 else:
                     stop.wait(settings.callback_poll_interval_s)
             wait(in_flight)

@@ -98,7 +98,9 @@ class JobBatches(Batches):
             requeue = lost and bool(self.app.conf.task_reject_on_worker_lost)
             if lost:
                 self._suspects().mark(job_ids(late))
-                log.error("batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue})
+                log.error(
+                    "batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue}
+                )
             else:
                 log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
             for request in late:
@@ -141,15 +143,16 @@ def run_jobs(requests):
     import uuid
 
     from worker.app import get_runtime
-    from worker.visibility import batch_finished, batch_started
-
     from worker.metrics import busy
+    from worker.visibility import batch_finished, batch_started
 
     batch_id = str(uuid.uuid4())
     started = batch_started(app, requests, batch_id)
     clock = time.perf_counter()
     try:
-        report = run_batch([Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime(), batch_id=batch_id)
+        report = run_batch(
+            [Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests], get_runtime(), batch_id=batch_id
+        )
     finally:
         busy(time.perf_counter() - clock)
     batch_finished(app, requests, report, started)
