@@ -6,7 +6,7 @@ GPU_VENV := .gpu-venv
 GPU_STAMP := $(GPU_VENV)/.installed
 BUNDLE := bench/gpu-bundle/manifest.json
 
-.PHONY: install lint test run down bench gpu-bundle gpu-rehearsal clean
+.PHONY: install lint tools test run down bench gpu-bundle gpu-rehearsal clean
 
 $(STAMP): pyproject.toml requirements/*.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,7 +23,16 @@ lint: install
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: lint
+# promtool and prometheus (Debian package prometheus) for the monitoring tests; without apt (or
+# root) those tests skip and say why.
+tools:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+		|| echo "prometheus not installed: the monitoring tests will skip"; \
+	else echo "no apt-get as root: promtool/prometheus missing, the monitoring tests will skip"; fi
+
+test: lint tools
 	$(VENV)/bin/pytest
 
 run: install

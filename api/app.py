@@ -24,8 +24,9 @@ QUIET_PATHS = ("/healthz", "/readyz", "/metrics")
 class AccessLogMiddleware:
     """One structured line per request: method, path, status, duration_ms (never headers or bodies)."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics | None = None):
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,6 +44,9 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, watched_send)
         finally:
+            seconds = time.perf_counter() - start
+            if self.metrics is not None and scope["path"] not in QUIET_PATHS:
+                self.metrics.answered(scope["method"], scope["path"], status, seconds)
             level = logging.DEBUG if scope["path"] in QUIET_PATHS and status < 400 else logging.INFO
             log.log(
                 level,
@@ -51,7 +55,7 @@ class AccessLogMiddleware:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                    "duration_ms": round(seconds * 1000, 1),
                 },
             )
 
@@ -80,5 +84,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_route:
         app.include_router(health.metrics_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware)  # outermost: logs 413s too
+    app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)  # outermost: logs and counts 413s too
     return app

@@ -222,6 +222,9 @@ def stack_up(settings, say=print) -> dict:
         "depth_url": (
             f"http://{settings.metrics_host}:{settings.exporter_port}/metrics" if settings.exporter_port else None
         ),
+        "callbacks_metrics_url": (
+            f"http://127.0.0.1:{settings.callbacks_metrics_port}/metrics" if settings.callbacks_metrics_port else None
+        ),
     }
     # App processes started with other service URLs or ports are restarted.
     fingerprint = [redis_url, database_url, blob_url, *endpoints.values()]
@@ -334,6 +337,7 @@ def stack_status(settings) -> dict:
             "metrics_url",
             "api_metrics_url",
             "depth_url",
+            "callbacks_metrics_url",
             "redis_url",
             "database_url",
             "blob_url",
@@ -424,12 +428,22 @@ def down() -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def status(as_json: bool) -> None:
+@click.option("--watch", "live", is_flag=True, help="A live view of depth, throughput, latency and workers (1 s).")
+def status(as_json: bool, live: bool) -> None:
     """What runs (pid, alive), the URLs, and the depth of each job queue."""
     from rich.table import Table
 
     from shared.settings import get_settings
 
+    if live:
+        from cli.watch import stack_metric_urls, watch
+
+        settings = get_settings()
+        urls = stack_metric_urls(read_stack_file(settings.state_dir.resolve()), settings.worker_concurrency)
+        if not urls:
+            raise click.ClickException("no metrics endpoint recorded: run `biofleet up`")
+        watch(urls)
+        return
     info = stack_status(get_settings())
     if as_json:
         click.echo(json.dumps(info, sort_keys=True))

@@ -119,7 +119,9 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: str = "biofleet"
 
-    worker_metrics_port: int = 9102  # Prometheus endpoint of the worker; 0 turns it off
+    # Prometheus endpoint of the worker: pool process i serves worker_metrics_port + i; 0 turns it off.
+    worker_metrics_port: int = 9102
+    callbacks_metrics_port: int = 9120  # the callback dispatcher's; 0 turns it off
 
 
 @lru_cache

@@ -28,6 +28,7 @@ from shared.db.session import session_scope
 from shared.jobs import job_json
 from shared.settings import Settings
 from shared.webhooks import signed_headers, signing_secrets
+from worker import callback_metrics
 from worker.batch import is_transient
 from worker.callbacks import CallbackFailed, backoff_s, encode, post_pinned
 
@@ -94,6 +95,7 @@ class Dispatcher:
         self.slots = TenantSlots(redis_client, settings.callback_tenant_concurrency, lease_s)
         self.allowed = allowed_networks(settings.callback_allowed_networks)
         self.busy: dict[uuid.UUID, float] = {}  # tenant -> skipped until (monotonic)
+        self.pending = callback_metrics.PendingGauge()
 
     def run(self, stop: threading.Event) -> None:
         settings = self.settings
@@ -101,6 +103,7 @@ class Dispatcher:
         with ThreadPoolExecutor(settings.callback_concurrency, thread_name_prefix="callback") as pool:
             while not stop.is_set():
                 self.beat()
+                self.pending.refresh(lambda: session_scope(self.database_url))
                 free = settings.callback_concurrency - len(in_flight)
                 for row in self._claim(free) if free > 0 else []:
                     if not self.slots.acquire(row.tenant_id, row.id):
@@ -108,6 +111,7 @@ class Dispatcher:
                         self._quietly(lambda s, r=row: outbox.put_back(s, r.id, BUSY_TENANT_S))
                         continue
                     in_flight.add(pool.submit(self._attempt_and_release, row))
+                callback_metrics.IN_FLIGHT.set(len(in_flight))
                 if in_flight:
                     _, in_flight = wait(
                         in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED
@@ -144,16 +148,18 @@ class Dispatcher:
 
     def _attempt_and_release(self, row) -> str:
         extra = {"job_id": str(row.job_id), "delivery_id": row.id}
+        status = "pending"
         try:
-            return self.attempt(row)
+            status = self.attempt(row)
         except Exception as exc:  # the row stays pending; its lease brings it back
             if is_transient(exc):
                 log.warning("database unavailable, callback waits", extra={**extra, "error": type(exc).__name__})
             else:
                 log.exception("callback attempt failed", extra=extra)
-            return "pending"
         finally:
+            callback_metrics.attempted(status)
             self.slots.release(row.tenant_id, row.id)
+        return status
 
     def attempt(self, row) -> str:
         """One delivery attempt of an outbox row; its new status (see the module docstring)."""
@@ -217,6 +223,10 @@ def main(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if settings.callbacks_metrics_port:
+        from worker.metrics import start_metrics_server
+
+        start_metrics_server(settings.callbacks_metrics_port)
     log.info(
         "callback dispatcher started",
         extra={

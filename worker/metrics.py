@@ -2,7 +2,10 @@
 
 start_metrics_server(port) -> bool: serve /metrics on port (0 = off); False when it cannot bind.
 observe_batch(size), stage(name) (a context manager timing one stage), job_finished(kind, status,
-latency_s). Stages: fetch, detect (decode + detect + align), embed, compare, commit.
+latency_s, code), busy(seconds) (time spent running batches: utilisation is its rate),
+set_worker_info(model_version, device) (biofleet_worker_info, 1 per ready pool process).
+Stages: fetch, detect (decode + detect + align), embed, compare, commit.
+Each pool process serves its own registry on worker_metrics_port + its pool index (worker.app).
 TimedEmbedder(embedder) wraps an embedder and keeps the seconds of its last embed call.
 """
 
@@ -11,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +33,23 @@ STAGE_SECONDS = Histogram(
 )
 JOBS_FINISHED = Counter(
     "biofleet_jobs_finished_total",
-    "Jobs made final by this worker.",
-    ["kind", "status"],
+    "Jobs made final by this worker, by kind, status and error code (none when succeeded).",
+    ["kind", "status", "code"],
 )
 JOB_LATENCY = Histogram(
     "biofleet_job_latency_seconds",
     "Seconds from submission to the final status, per job.",
     ["kind"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+BUSY_SECONDS = Counter(
+    "biofleet_worker_busy_seconds",
+    "Seconds this pool process spent running batches (its rate is the process's utilisation).",
+)
+WORKER_INFO = Gauge(
+    "biofleet_worker_info",
+    "1 for a pool process whose model is loaded, labelled with its model version and device.",
+    ["model_version", "device"],
 )
 
 
@@ -52,6 +64,16 @@ def start_metrics_server(port: int) -> bool:
         return False
     log.info("metrics served", extra={"port": port})
     return True
+
+
+def set_worker_info(model_version: str, device: str) -> None:
+    WORKER_INFO.clear()
+    WORKER_INFO.labels(model_version=model_version, device=device).set(1)
+
+
+def busy(seconds: float) -> None:
+    if seconds > 0:
+        BUSY_SECONDS.inc(seconds)
 
 
 def observe_batch(size: int) -> None:
@@ -72,8 +94,8 @@ def stage(name: str) -> Iterator[None]:
         observe_stage(name, time.perf_counter() - start)
 
 
-def job_finished(kind: str, status: str, latency_s: float | None = None) -> None:
-    JOBS_FINISHED.labels(kind=kind, status=status).inc()
+def job_finished(kind: str, status: str, latency_s: float | None = None, code: str | None = None) -> None:
+    JOBS_FINISHED.labels(kind=kind, status=status, code=code or "none").inc()
     if latency_s is not None and latency_s >= 0:
         JOB_LATENCY.labels(kind=kind).observe(latency_s)
 

@@ -30,7 +30,7 @@ def load_runtime(settings: Settings) -> Runtime:
     from shared.blob import open_blob_store
     from shared.services import resolve
     from worker.face.pipeline import load_pipeline
-    from worker.metrics import TimedEmbedder
+    from worker.metrics import TimedEmbedder, set_worker_info
     from worker.suspects import Suspects
     from worker.versions import ARCHITECTURE, VersionBook, ensure_model_version
 
@@ -50,6 +50,7 @@ def load_runtime(settings: Settings) -> Runtime:
     warm_up(pipeline)
     sha = pipeline.embedder.weights_sha256
     with_db_retry(lambda: ensure_model_version(urls.database_url, settings, sha), settings.db_retry_s)
+    set_worker_info(settings.model_version, str(pipeline.embedder.device))
     log.info(
         "face pipeline ready",
         extra={"model_version": settings.model_version, "device": str(pipeline.embedder.device), "weights_sha256": sha},

@@ -145,6 +145,7 @@ def run_jobs(requests: list[Any]) -> None:
     is reported to Flower as started and finished, naming its batch (worker.visibility)."""
     import uuid
 
+    from worker.metrics import busy
     from worker.runtime import get_runtime
     from worker.visibility import batch_finished, batch_started
 
@@ -152,5 +153,9 @@ def run_jobs(requests: list[Any]) -> None:
     batch_id = str(uuid.uuid4())
     started = batch_started(app, requests, batch_id)
     deliveries = [Delivery(task_id=r.id, kwargs=r.kwargs) for r in requests]
-    report = run_batch(deliveries, get_runtime(), batch_id=batch_id)
+    clock = time.perf_counter()
+    try:
+        report = run_batch(deliveries, get_runtime(), batch_id=batch_id)
+    finally:
+        busy(time.perf_counter() - clock)
     batch_finished(app, requests, report, started)

@@ -171,7 +171,7 @@ def start_dispatcher(services, worker_env, tmp_path):
     started: list[subprocess.Popen] = []
 
     def start(**overrides) -> subprocess.Popen:
-        env = dict(worker_env)
+        env = dict(worker_env, BIOFLEET_CALLBACKS_METRICS_PORT=str(stack.free_port()))
         for name, value in overrides.items():
             env[f"BIOFLEET_{name.upper()}"] = str(value)
         log_path = tmp_path / f"dispatcher-{len(started)}.log"

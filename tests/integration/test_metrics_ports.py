@@ -3,6 +3,7 @@ from Postgres), GET /metrics on the API port is off by default, and the queue de
 `python -m shared.exporter`, which reads Redis only."""
 
 import sys
+import time
 import uuid
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import stack
+from tests.integration.polling import wait_final
 
 pytestmark = pytest.mark.stack
 
@@ -87,3 +89,77 @@ def test_depth_exporter_serves_queue_depth(services, worker_env, redis_client, t
     assert set(depths) == set(JOB_QUEUES)
     assert depths == {queue: float(depth) for queue, depth in expected.items()}
     assert found["biofleet_exporter_redis_up"][0].value == 1
+
+
+def wait_until(check, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def two_free_ports() -> int:
+    """A port p with p + 1 free too (pool processes 0 and 1 serve on p and p + 1)."""
+    for _ in range(50):
+        port = stack.free_port()
+        if port < 65535 and stack.port_is_free(port + 1):
+            return port
+    pytest.skip("no two consecutive free ports")
+
+
+def test_every_pool_process_serves_its_own_metrics(start_worker, api_client, make_key):
+    """Prefork with two pool processes: each serves its registry on worker_metrics_port + its
+    index, with its model version and device, and the jobs it finished; together they count
+    every job once."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    port = two_free_ports()
+    start_worker(worker_concurrency=2, worker_metrics_port=port, batch_size=1, flush_interval_ms=5)
+    urls = [f"http://127.0.0.1:{port + index}/metrics" for index in (0, 1)]
+    for url in urls:
+        stack.wait_http(url, 120)
+    key = make_key(f"pool-{uuid.uuid4().hex[:8]}")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    headers = {"Authorization": f"Bearer {key}"}
+    post = lambda: api_client.post("/v1/identifications", json={"image": image}, headers=headers)  # noqa: E731
+    jobs = [post().json()["id"] for _ in range(6)]
+
+    def finished() -> float:
+        total = 0.0
+        for url in urls:
+            found = families(httpx.get(url).text)
+            total += sum(s.value for s in found.get("biofleet_jobs_finished", []) if s.name.endswith("_total"))
+        return total
+
+    wait_final(api_client, key, jobs)
+    wait_until(lambda: finished() >= len(jobs), "the pool processes to count the jobs")
+    assert finished() == len(jobs)
+    for url in urls:
+        found = families(httpx.get(url).text)
+        (info,) = found["biofleet_worker_info"]
+        assert info.value == 1 and info.labels["device"] == "cpu" and info.labels["model_version"]
+        assert "biofleet_worker_busy_seconds" in found
+    statuses = {api_client.get(f"/v1/jobs/{j}", headers=headers).json()["status"] for j in jobs}
+    assert statuses == {"failed"}  # blank images: no_face
+
+
+def test_callback_dispatcher_serves_its_metrics(start_dispatcher):
+    port = stack.free_port()
+    start_dispatcher(callbacks_metrics_port=port)
+    url = f"http://127.0.0.1:{port}/metrics"
+    stack.wait_http(url, 60)
+
+    def pending_counted() -> bool:
+        found = families(httpx.get(url).text)
+        return "biofleet_callbacks_pending" in found
+
+    wait_until(pending_counted, "the pending rows to be counted")
+    found = families(httpx.get(url).text)
+    outcomes = {s.labels["outcome"] for s in found["biofleet_callback_attempts"] if s.name.endswith("_total")}
+    assert outcomes == {"delivered", "retry", "failed"}
+    assert found["biofleet_callbacks_pending"][0].value >= 0

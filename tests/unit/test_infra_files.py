@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
 KUBERNETES_VERSIONS = ["1.31", "1.35"]  # the oldest and newest minor releases the managed services run
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+OPERATOR_KINDS = {"PodMonitor"}  # the Prometheus Operator's custom resources
 
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 
@@ -49,7 +50,7 @@ def test_there_are_manifests():
 def test_manifest_validates_against_the_kubernetes_schema(path, version):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     for resource in documents(path):
-        if resource["kind"] in KEDA_KINDS:
+        if resource["kind"] in KEDA_KINDS | OPERATOR_KINDS:
             continue  # a custom resource: checked below
         try:
             kubernetes_validate.validate(resource, version, strict=True)
@@ -210,6 +211,34 @@ TRIGGER_AUTHENTICATION_SCHEMA = {
 }
 
 
+def test_pod_monitors_have_the_operator_fields():
+    import jsonschema
+
+    endpoint = {
+        "type": "object", "additionalProperties": False, "required": ["port"],
+        "properties": {"port": {"type": "string"}, "path": {"type": "string"},
+                       "interval": {"type": "string", "pattern": "^[0-9]+s$"},
+                       "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+s$"},
+                       "basicAuth": {"type": "object", "additionalProperties": False,
+                                     "properties": {k: {"type": "object", "required": ["name", "key"]}
+                                                    for k in ("username", "password")}}},
+    }  # fmt: skip
+    schema = {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "podMetricsEndpoints"],
+                     "properties": {"selector": {"type": "object"},
+                                    "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": endpoint}}},
+        },
+    }  # fmt: skip
+    found = [r for r in all_resources() if r["kind"] in OPERATOR_KINDS]
+    assert found
+    for resource in found:
+        jsonschema.validate(resource, schema)
+
+
 def test_keda_objects_have_only_keda_fields():
     import jsonschema
 
@@ -241,6 +270,43 @@ def test_worker_scaler_reads_the_depth_and_a_redis_list_per_queue():
     find("TriggerAuthentication", "biofleet-redis")
     exporter_pod = find("Deployment", "exporter")["spec"]["template"]
     assert exporter_pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+def test_worker_scaler_fails_safe_when_the_depth_is_missing():
+    """A missing depth series must not read as 0 (the fleet would shrink mid-backlog): the
+    Prometheus trigger errors instead (ignoreNullValues "false"), and after failureThreshold
+    errors the fallback replica count holds, within the replica range."""
+    spec = find("ScaledObject", "worker")["spec"]
+    (depth,) = [t for t in spec["triggers"] if t["type"] == "prometheus"]
+    assert depth["metadata"].get("ignoreNullValues") == "false"
+    fallback = spec["fallback"]
+    assert fallback["failureThreshold"] >= 1
+    assert spec["minReplicaCount"] < fallback["replicas"] <= spec["maxReplicaCount"]
+    assert fallback.get("behavior", "static") == "static"
+    # KEDA applies a fallback only to AverageValue triggers (the default metricType).
+    assert all(t.get("metricType", "AverageValue") == "AverageValue" for t in spec["triggers"])
+
+
+def test_every_metrics_port_is_scraped():
+    """Each pod that serves metrics carries prometheus.io/* annotations naming its metrics port, and
+    the PodMonitor selects it by that port's name; Flower is scraped with its basic auth."""
+    config = find("ConfigMap", "biofleet-config")["data"]
+    ports = {"api": "BIOFLEET_METRICS_PORT", "worker": "BIOFLEET_WORKER_METRICS_PORT",
+             "callbacks": "BIOFLEET_CALLBACKS_METRICS_PORT", "exporter": "BIOFLEET_EXPORTER_PORT"}  # fmt: skip
+    monitor = find("PodMonitor", "biofleet")["spec"]
+    (names,) = [e["values"] for e in monitor["selector"]["matchExpressions"] if e["key"] == "app.kubernetes.io/name"]
+    assert sorted(names) == sorted(ports)
+    assert [e["port"] for e in monitor["podMetricsEndpoints"]] == ["metrics"]
+    for name, setting in ports.items():
+        pod = find("Deployment", name)["spec"]["template"]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == config[setting]
+        (container,) = pod["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": int(config[setting])} in container["ports"], name
+    flower = find("PodMonitor", "flower")["spec"]
+    (endpoint,) = flower["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["basicAuth"]["password"]["name"] == "biofleet-secrets"
 
 
 def test_exporter_serves_the_metric_the_scaler_queries():
@@ -401,6 +467,44 @@ def test_terraform_parses_and_names_its_variables():
     # every var.<name> used is declared
     used = {name for path in files for name in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", path.read_text())}
     assert used and used <= variables, used - variables
+
+
+# --- Azure -------------------------------------------------------------------------------------
+
+
+def test_azure_terraform_parses_and_names_its_variables():
+    files = sorted((ROOT / "infra" / "azure").glob("*.tf"))
+    assert files
+    parsed = {path.name: _hcl(path) for path in files}
+    variables = {name.strip('"') for doc in parsed.values() for block in doc.get("variable", []) for name in block}
+    assert {"location", "gpu_vm_size", "system_vm_size", "max_gpu_nodes", "postgres_admin_password"} <= variables
+    resources = {}
+    for doc in parsed.values():
+        for block in doc.get("resource", []):
+            for kind, named in block.items():
+                for body in named.values():
+                    resources.setdefault(kind.strip('"'), []).append(body)
+    assert {"azurerm_kubernetes_cluster", "azurerm_kubernetes_cluster_node_pool", "azurerm_redis_cache",
+            "azurerm_postgresql_flexible_server", "azurerm_storage_account"} <= set(resources)  # fmt: skip
+    (cluster,) = resources["azurerm_kubernetes_cluster"]
+    assert cluster["workload_autoscaler_profile"][0]["keda_enabled"] is True
+    (pool,) = resources["azurerm_kubernetes_cluster_node_pool"]
+    labels = {k.strip('"'): v.strip('"') for k, v in pool["node_labels"].items()}
+    assert pool["vm_size"] == "${var.gpu_vm_size}" and labels == {"biofleet.io/pool": "gpu"}
+    assert "sku=gpu:NoSchedule" in [t.strip('"') for t in pool["node_taints"]]
+    (server,) = resources["azurerm_postgresql_flexible_server"]
+    assert server["version"].strip('"') == "16"
+    (extensions,) = resources["azurerm_postgresql_flexible_server_configuration"]
+    assert extensions["name"].strip('"') == "azure.extensions" and "VECTOR" in extensions["value"].upper()
+    versions = parsed["versions.tf"]["terraform"][0]["required_providers"][0]["azurerm"]
+    assert versions["version"].strip('"').startswith("~> 4")
+    used = {name for path in files for name in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", path.read_text())}
+    assert used and used <= variables, used - variables
+    from bench.scaling_sim import Policy
+
+    defaults = {name.strip('"'): body.get("default") for doc in parsed.values() for block in doc.get("variable", [])
+                for name, body in block.items()}  # fmt: skip
+    assert defaults["max_gpu_nodes"] >= Policy().max_replicas
 
 
 def test_the_callback_dispatcher_runs_apart_from_inference():

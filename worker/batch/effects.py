@@ -31,7 +31,7 @@ def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport
         if outcome is None:
             continue
         report.finished[str(item.job_id)] = outcome.status
-        metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at)
+        metrics.job_finished(item.kind, outcome.status, now - item.message.submitted_at, outcome.error_code)
         log.info(
             "job finished",
             extra={
