@@ -500,7 +500,7 @@ def test_azure_terraform_parses_and_names_its_variables():
     assert versions["version"].strip('"').startswith("~> 4")
     used = {name for path in files for name in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", path.read_text())}
     assert used and used <= variables, used - variables
-    from bench.scaling_sim import Policy
+    from cli.scaling_sim import Policy
 
     defaults = {name.strip('"'): body.get("default") for doc in parsed.values() for block in doc.get("variable", [])
                 for name, body in block.items()}  # fmt: skip
