@@ -298,13 +298,15 @@ class FacePipeline:
         except Exception as error:
             if not out_of_memory(error):
                 raise
-            log.warning("CUDA out of memory in batched detection; splitting the batch in halves",
-                        extra={"images": len(batch)})
+            log.warning(
+                "CUDA out of memory in batched detection; splitting the batch in halves", extra={"images": len(batch)}
+            )
             if len(batch) == 1:
                 return [error]
             half = len(batch) // 2
-            return (self._detect_halving(detect_many, decoded, batch[:half])
-                    + self._detect_halving(detect_many, decoded, batch[half:]))
+            return self._detect_halving(detect_many, decoded, batch[:half]) + self._detect_halving(
+                detect_many, decoded, batch[half:]
+            )
 
     def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
         """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one

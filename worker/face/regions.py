@@ -52,7 +52,10 @@ def shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.nd
     h, w = source.pixels.shape[:2]
     margin = 0.05 * side + 4
     left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
-    right, bottom = min(w, math.ceil(corners[:, 0].max() + margin) + 1), min(h, math.ceil(corners[:, 1].max() + margin) + 1)
+    right, bottom = (
+        min(w, math.ceil(corners[:, 0].max() + margin) + 1),
+        min(h, math.ceil(corners[:, 1].max() + margin) + 1),
+    )
     if left >= right or top >= bottom:
         return source, landmarks
     factor = CHIP_SIZE / side
