@@ -207,3 +207,36 @@ def test_photo_table_prints_every_size(capsys):
     print_photo_table({"photo_stages_ms_per_image": {"250x250": row, "12 MP": row}})
     out = capsys.readouterr().out
     assert "12 MP" in out and "250x250" in out and "4321" in out and "8.0" in out
+
+
+def test_largest_passes_over_doubtful_faces():
+    """Under "largest", a box scored under half the best score (a face cut by an edge) is passed
+    over however large; boxes without a score are compared by size alone."""
+    from worker.face.pipeline import largest
+    from worker.face.types import Box
+
+    subject, cut = Box(60, 60, 170, 170, score=1.03), Box(150, 0, 280, 130, score=0.32)
+    assert largest([subject, cut]) == subject
+    assert largest([subject, Box(150, 0, 280, 130, score=0.9)]).left == 150
+    assert largest([Box(0, 0, 10, 10), Box(0, 0, 20, 20)]).right == 20
+    same_size = [Box(0, 0, 10, 10, score=1.0), Box(5, 5, 15, 15, score=0.8)]
+    assert largest(same_size) is same_size[0]
+
+
+def test_12mp_photo_keeps_the_crops_face_beside_a_cut_one(parts, faces_dir):
+    """An LFW crop with a second face cut by its corner, placed in a 12 MP photo as bench.photos
+    places it: the cut face's box (not clipped by the crop's edge there) is larger than the
+    subject's but scored low; the subject is kept, as on the 250x250 crop."""
+    path = faces_dir / "lfw_view1" / "Elsa_Zylberstein" / "Elsa_Zylberstein_0005.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (LFW View 1 images)")
+    from bench.photos import seed_of
+
+    picture, crop = place(Image.open(path), (3024, 4032), 619, seed_of(path.name))  # as in view1_12mp
+    with variant(parts) as pipeline:
+        small, large = pipeline.process([path.read_bytes(), encode(picture, "JPEG", 90)])
+    assert small.ok and large.ok
+    scale = (crop[2] - crop[0] + 1) / 250
+    mapped = (small.landmarks + 0.5) * scale - 0.5 + np.array(crop[:2])
+    assert np.abs(large.landmarks - mapped).max() <= 3 * scale
+    assert np.linalg.norm(large.descriptor - small.descriptor) < 0.1

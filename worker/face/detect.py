@@ -29,13 +29,14 @@ class Detector(Protocol):
         ...
 
 
-def clip_box(left: int, top: int, right: int, bottom: int, width: int, height: int) -> Box:
-    """A box clipped to an image of width x height (inclusive corners)."""
+def clip_box(left: int, top: int, right: int, bottom: int, width: int, height: int, score: float | None = None) -> Box:
+    """A box clipped to an image of width x height (inclusive corners), with its detection score."""
     return Box(
         left=min(max(left, 0), width - 1),
         top=min(max(top, 0), height - 1),
         right=min(max(right, 0), width - 1),
         bottom=min(max(bottom, 0), height - 1),
+        score=score,
     )
 
 
@@ -90,7 +91,7 @@ class HogDetector:
         rects, scores, _ = self._detector().run(np.ascontiguousarray(image), self.upsample, 0.0)
         height, width = image.shape[:2]
         ranked = sorted(zip(scores, rects), key=lambda pair: -pair[0])
-        return [clip_box(r.left(), r.top(), r.right(), r.bottom(), width, height) for _, r in ranked]
+        return [clip_box(r.left(), r.top(), r.right(), r.bottom(), width, height, float(s)) for s, r in ranked]
 
 
 class CroppedDetector:
@@ -135,5 +136,5 @@ class CnnDetector:
         boxes = []
         for image, detections in zip(images, found):
             height, width = image.shape[:2]
-            boxes.append([clip_box(d.left, d.top, d.right, d.bottom, width, height) for d in detections])
+            boxes.append([clip_box(d.left, d.top, d.right, d.bottom, width, height, d.confidence) for d in detections])
         return boxes

@@ -32,9 +32,10 @@ import numpy as np
 
 from worker.face.align import chip_rect, face_chip
 from worker.face.decode import Region, Working, decode_region, decode_working, working_pixels
-from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, clip_box, out_of_memory
+from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, out_of_memory
 from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
 from worker.face.landmarks import Landmarker
+from worker.face.regions import CHIP_SIZE, original_box, scale_box, shrink_to_chip
 from worker.face.types import Box, FaceResult
 from worker.face.variants import embed_variant
 
@@ -45,12 +46,23 @@ DETECTORS = ("hog", "cnn", "cropped")
 ALIGNERS = ("auto", "numpy", "torch")
 DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
 CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
-CHIP_SIZE = 150
+DOUBTFUL_SHARE = 0.5  # under "largest", faces scored below this share of the best are passed over
 DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the working resolution
 # What one face keeps from alignment to the network, in pixels, at most: its chip and, for the
 # torch aligner, its source pixels at the chip's scale (a region under 260 px square; measured up
 # to 249), or else the working copy itself, counted already.
 FACE_PIXELS = (2 * CHIP_SIZE) ** 2
+
+
+def largest(boxes: list[Box]) -> Box:
+    """The largest box among the confident ones: those scored at least DOUBTFUL_SHARE of the best
+    score (a face cut by an edge or half hidden scores low and is not the subject, however large
+    its box). Boxes without a score all count; ties keep the better-scored box."""
+    scores = [b.score for b in boxes if b.score is not None]
+    if scores and max(scores) > 0:
+        floor = DOUBTFUL_SHARE * max(scores)
+        boxes = [b for b in boxes if b.score is None or b.score >= floor]
+    return max(boxes, key=lambda b: b.area)
 
 
 def smallest_face_px(width: int, height: int, detect_max_side: int = DETECT_MAX_SIDE) -> int:
@@ -84,70 +96,6 @@ def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
     return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")
 
 
-def _original_box(box: Box, work: Working) -> Box:
-    """A working-copy box -> the original pixels it covers (inclusive, clipped)."""
-    if not work.reduced:
-        return box
-    return clip_box(
-        math.floor(box.left * work.scale_x),
-        math.floor(box.top * work.scale_y),
-        math.ceil((box.right + 1) * work.scale_x) - 1,
-        math.ceil((box.bottom + 1) * work.scale_y) - 1,
-        work.width,
-        work.height,
-    )
-
-
-def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.ndarray]:
-    """The face's area resized (bicubic, antialiased) so that the chip's rectangle spans
-    CHIP_SIZE pixels, when it spans more, with the landmarks in its pixels: a photo's face is
-    sampled as a proper reduction rather than dlib's pyramid (closer to the crop's descriptor)."""
-    rect, angle = chip_rect(landmarks, CHIP_SIZE, 0.25)
-    side = rect.r - rect.l + 1
-    if side <= CHIP_SIZE:
-        return source, landmarks
-    from PIL import Image
-
-    corners = rect.rotated_corners(angle)
-    h, w = source.pixels.shape[:2]
-    margin = 0.05 * side + 4
-    left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
-    right, bottom = (
-        min(w, math.ceil(corners[:, 0].max() + margin) + 1),
-        min(h, math.ceil(corners[:, 1].max() + margin) + 1),
-    )
-    if left >= right or top >= bottom:
-        return source, landmarks
-    factor = CHIP_SIZE / side
-    size = (max(2, round((right - left) * factor)), max(2, round((bottom - top) * factor)))
-    part = Image.fromarray(np.ascontiguousarray(source.pixels[top:bottom, left:right]))
-    pixels = np.asarray(part.resize(size, Image.Resampling.BICUBIC))
-    fx, fy = (right - left) / size[0], (bottom - top) / size[1]  # source pixels per new pixel
-    # New pixel centre j sits at source pixel left + (j + 0.5) * fx - 0.5.
-    points = np.stack([(landmarks[:, 0] - left + 0.5) / fx - 0.5, (landmarks[:, 1] - top + 0.5) / fy - 0.5], axis=1)
-    shrunk = Region(
-        pixels,
-        source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
-        source.top + (top + 0.5 * fy - 0.5) * source.scale_y,
-        source.scale_x * fx,
-        source.scale_y * fy,
-    )
-    return shrunk, points
-
-
-def _scale_box(box: Box, work: Working, region: Region) -> Box:
-    """A working-copy box -> the same box in a region's pixels (not clipped: the predictor reads
-    around it either way)."""
-
-    def x(v: float) -> int:
-        return round(((v + 0.5) * work.scale_x - 0.5 - region.left) / region.scale_x)
-
-    def y(v: float) -> int:
-        return round(((v + 0.5) * work.scale_y - 0.5 - region.top) / region.scale_y)
-
-    return Box(x(box.left), y(box.top), x(box.right), y(box.bottom))
-
-
 class FacePipeline:
     """Images to descriptors with a given embedder, detector and landmarker.
 
@@ -158,7 +106,8 @@ class FacePipeline:
     aligner: "numpy" (worker.face.align, exact, per face on the pool), "torch"
     (worker.face.align_torch, batched, on the embedder's device) or "auto" (torch on CUDA, numpy
     on the CPU, where the two measured alike).
-    multiple_faces: "largest" keeps the largest box; "reject" fails the image with multiple_faces.
+    multiple_faces: "largest" keeps the largest confidently scored box (largest()); "reject" fails
+    the image with multiple_faces.
     threads: size of the pool that decodes, detects and aligns. Call close() (or use `with`) to
     stop the pool.
     """
@@ -282,7 +231,7 @@ class FacePipeline:
             raise FaceError(NO_FACE, "no face was found in the image")
         if len(boxes) > 1 and self.multiple_faces == "reject":
             raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
-        return max(boxes, key=lambda b: b.area)  # ties keep the better-scored box
+        return largest(boxes)
 
     def _decode(self, data: bytes) -> Working | Exception:
         try:
@@ -308,11 +257,10 @@ class FacePipeline:
                 corners[:, 1].max() + margin,
             )
             source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
-            face = _scale_box(box, work, source)
-            landmarks = self.landmarker.landmarks(source.pixels, face)
-        face = _Face(chip=None, box=_original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
+            landmarks = self.landmarker.landmarks(source.pixels, scale_box(box, work, source))
+        face = _Face(chip=None, box=original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
         if work.reduced:
-            source, landmarks = _shrink_to_chip(source, landmarks)
+            source, landmarks = shrink_to_chip(source, landmarks)
         if self.aligner == "numpy":
             face.chip = face_chip(source.pixels, landmarks)
         else:

@@ -11,6 +11,7 @@ class Box:
     top: int
     right: int
     bottom: int
+    score: float | None = field(default=None, compare=False)  # the detector's confidence, when it gives one
 
     @property
     def area(self) -> int:
