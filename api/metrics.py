@@ -54,9 +54,11 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.requests = Counter(
-            "biofleet_api_requests", "Requests answered by this API process, by HTTP status code.", ["code"],
+            "biofleet_api_requests",
+            "Requests answered by this API process, by HTTP status code.",
+            ["code"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.submit_seconds = Histogram(
             "biofleet_api_submit_duration_seconds",
             "Seconds this API process took to answer a job submission (any status).",

@@ -130,8 +130,12 @@ def run(row_counts: list[int], scrapes: int) -> dict:
             load = os.getloadavg()[0]
             figures, text = scrape_ms(url, scrapes)
             assert 'biofleet_queue_depth{queue="identify"} 200.0' in text, text
-            per_rows[str(rows)] = {"rows": count, "scrape_ms": figures, "load_average_1m": round(load, 2),
-                                   "table_count_ms": table_count_ms(stack.database_url)}  # fmt: skip
+            per_rows[str(rows)] = {
+                "rows": count,
+                "scrape_ms": figures,
+                "load_average_1m": round(load, 2),
+                "table_count_ms": table_count_ms(stack.database_url),
+            }
         for process in pool:
             process.resume()
         client.close()
@@ -154,9 +158,15 @@ def print_table(results: dict) -> None:
         table.add_column(column, justify="right")
     for figures in results["per_rows"].values():
         s = figures["scrape_ms"]
-        table.add_row(f"{figures['rows']:,}", f"{s['p50']:.2f}", f"{s['p95']:.2f}", f"{s['p99']:.2f}",
-                      f"{s['max']:.2f}", f"{figures['table_count_ms']['p50']:.1f}",
-                      f"{figures['load_average_1m']:.1f}")  # fmt: skip
+        table.add_row(
+            f"{figures['rows']:,}",
+            f"{s['p50']:.2f}",
+            f"{s['p95']:.2f}",
+            f"{s['p99']:.2f}",
+            f"{s['max']:.2f}",
+            f"{figures['table_count_ms']['p50']:.1f}",
+            f"{figures['load_average_1m']:.1f}",
+        )
     Console().print(table)
     print(f"depth {results['depth']} (reserved {results['reserved']}); target: every scrape under {TARGET_MS:.0f} ms")
 

@@ -46,10 +46,14 @@ def stack(tmp_path):
     if not shutil.which("prometheus"):
         pytest.skip("prometheus not installed (Debian package prometheus; `make tools` installs it where apt works)")
     env = {k: v for k, v in os.environ.items() if k not in SERVICE_ENV}
-    ports = {name: free_port() for name in ("API", "FLOWER", "WORKER_METRICS", "METRICS", "EXPORTER",
-                                             "CALLBACKS_METRICS")}  # fmt: skip
-    env.update({f"BIOFLEET_{name}_PORT": str(port) for name, port in ports.items()},
-               BIOFLEET_STATE_DIR=str(tmp_path / "state"), BIOFLEET_CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8")  # fmt: skip
+    ports = {
+        name: free_port() for name in ("API", "FLOWER", "WORKER_METRICS", "METRICS", "EXPORTER", "CALLBACKS_METRICS")
+    }
+    env.update(
+        {f"BIOFLEET_{name}_PORT": str(port) for name, port in ports.items()},
+        BIOFLEET_STATE_DIR=str(tmp_path / "state"),
+        BIOFLEET_CALLBACK_ALLOWED_NETWORKS="127.0.0.0/8",
+    )
     try:
         up = subprocess.run([*BIOFLEET, "up"], env=env, capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -72,18 +76,27 @@ def prometheus(stack, tmp_path):
             {"job_name": "worker", "static_configs": [target(ports["WORKER_METRICS"])]},
             {"job_name": "callbacks", "static_configs": [target(ports["CALLBACKS_METRICS"])]},
             {"job_name": "exporter", "static_configs": [target(ports["EXPORTER"])]},
-            {"job_name": "flower", "static_configs": [target(ports["FLOWER"])],
-             "basic_auth": {"username": settings.flower_user, "password": settings.flower_password}},
+            {
+                "job_name": "flower",
+                "static_configs": [target(ports["FLOWER"])],
+                "basic_auth": {"username": settings.flower_user, "password": settings.flower_password},
+            },
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     with open(tmp_path / "prometheus.log", "wb") as log:
         proc = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                "prometheus",
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/-/ready", 60)
@@ -110,8 +123,11 @@ def wait_for(check, what: str, timeout: float = WAIT_S):
 
 def panel_queries() -> list[tuple[str, str]]:
     dashboard = json.loads((MONITORING / "dashboard.json").read_text())
-    return [(f"{panel['title']} / {t['refId']}", t["expr"].replace("$__rate_interval", RATE_WINDOW))
-            for panel in dashboard["panels"] for t in panel["targets"]]  # fmt: skip
+    return [
+        (f"{panel['title']} / {t['refId']}", t["expr"].replace("$__rate_interval", RATE_WINDOW))
+        for panel in dashboard["panels"]
+        for t in panel["targets"]
+    ]
 
 
 def alert_rules() -> dict[str, str]:
@@ -124,8 +140,10 @@ def submit(api: httpx.Client, key: str, subject: str, images: list[bytes]) -> li
     b64 = [base64.b64encode(image).decode() for image in images]
     callback = {"callback_url": "http://127.0.0.1:9/never"}  # refused connection: attempts to count
     jobs = [api.post(f"/v1/subjects/{subject}/enrollments", json={"images": b64[:2]}, headers=headers)]
-    jobs += [api.post("/v1/verifications", json={"subject_id": subject, "image": b64[2], **callback}, headers=headers)
-             for _ in range(3)]  # fmt: skip
+    jobs += [
+        api.post("/v1/verifications", json={"subject_id": subject, "image": b64[2], **callback}, headers=headers)
+        for _ in range(3)
+    ]
     jobs += [api.post("/v1/identifications", json={"image": b64[2]}, headers=headers) for _ in range(2)]
     not_an_image = base64.b64encode(b"not an image").decode()  # a job that fails: bad_image
     jobs += [api.post("/v1/verifications", json={"subject_id": subject, "image": not_an_image}, headers=headers)]
@@ -140,13 +158,22 @@ def test_dashboard_and_alerts_against_a_live_stack(stack, prometheus):
     api = httpx.Client(base_url=info["api_url"], timeout=30)
     headers = {"Authorization": f"Bearer {key}"}
     job_ids = submit(api, key, f"e2e-{uuid.uuid4().hex[:8]}", face_images(3))
-    wait_for(lambda: all(api.get(f"/v1/jobs/{j}", headers=headers).json()["status"] in ("succeeded", "failed")
-                         for j in job_ids), "the jobs to finish")  # fmt: skip
-    wait_for(lambda: query(prometheus, "sum(biofleet_jobs_finished_total)") and
-             query(prometheus, "sum(biofleet_jobs_finished_total)")[0]["value"][1] == str(len(job_ids)),
-             "Prometheus to scrape the finished jobs")  # fmt: skip
-    wait_for(lambda: query(prometheus, 'sum(biofleet_callback_attempts_total{outcome="retry"}) > 0'),
-             "a callback attempt")  # fmt: skip
+    wait_for(
+        lambda: all(
+            api.get(f"/v1/jobs/{j}", headers=headers).json()["status"] in ("succeeded", "failed") for j in job_ids
+        ),
+        "the jobs to finish",
+    )
+    wait_for(
+        lambda: (
+            query(prometheus, "sum(biofleet_jobs_finished_total)")
+            and query(prometheus, "sum(biofleet_jobs_finished_total)")[0]["value"][1] == str(len(job_ids))
+        ),
+        "Prometheus to scrape the finished jobs",
+    )
+    wait_for(
+        lambda: query(prometheus, 'sum(biofleet_callback_attempts_total{outcome="retry"}) > 0'), "a callback attempt"
+    )
     time.sleep(3)  # a few more scrapes for the rates
 
     empty = [name for name, expr in panel_queries() if not query(prometheus, expr)]
@@ -161,8 +188,14 @@ def test_dashboard_and_alerts_against_a_live_stack(stack, prometheus):
     render(rates(snap, snap))
 
     rules = alert_rules()
-    quiet = {"BiofleetBacklogGrowing", "BiofleetLatencyOverSLO", "BiofleetWorkersAbsentWithBacklog",
-             "BiofleetJobsInternalError", "BiofleetScalingMetricAbsent", "BiofleetApiErrors"}  # fmt: skip
+    quiet = {
+        "BiofleetBacklogGrowing",
+        "BiofleetLatencyOverSLO",
+        "BiofleetWorkersAbsentWithBacklog",
+        "BiofleetJobsInternalError",
+        "BiofleetScalingMetricAbsent",
+        "BiofleetApiErrors",
+    }
     firing = [name for name in quiet if query(prometheus, rules[name])]
     assert not firing, f"alerts firing on a healthy stack: {firing}"
     # Three refused callbacks retried: the callbacks alert's expression holds (it waits 5 minutes to fire).

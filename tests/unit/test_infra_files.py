@@ -215,24 +215,40 @@ def test_pod_monitors_have_the_operator_fields():
     import jsonschema
 
     endpoint = {
-        "type": "object", "additionalProperties": False, "required": ["port"],
-        "properties": {"port": {"type": "string"}, "path": {"type": "string"},
-                       "interval": {"type": "string", "pattern": "^[0-9]+s$"},
-                       "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+s$"},
-                       "basicAuth": {"type": "object", "additionalProperties": False,
-                                     "properties": {k: {"type": "object", "required": ["name", "key"]}
-                                                    for k in ("username", "password")}}},
-    }  # fmt: skip
-    schema = {
-        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"], "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["port"],
         "properties": {
-            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
-            "metadata": {"type": "object", "required": ["name"]},
-            "spec": {"type": "object", "additionalProperties": False, "required": ["selector", "podMetricsEndpoints"],
-                     "properties": {"selector": {"type": "object"},
-                                    "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": endpoint}}},
+            "port": {"type": "string"},
+            "path": {"type": "string"},
+            "interval": {"type": "string", "pattern": "^[0-9]+s$"},
+            "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+s$"},
+            "basicAuth": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {k: {"type": "object", "required": ["name", "key"]} for k in ("username", "password")},
+            },
         },
-    }  # fmt: skip
+    }
+    schema = {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": "PodMonitor"},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["selector", "podMetricsEndpoints"],
+                "properties": {
+                    "selector": {"type": "object"},
+                    "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": endpoint},
+                },
+            },
+        },
+    }
     found = [r for r in all_resources() if r["kind"] in OPERATOR_KINDS]
     assert found
     for resource in found:
@@ -291,8 +307,12 @@ def test_every_metrics_port_is_scraped():
     """Each pod that serves metrics carries prometheus.io/* annotations naming its metrics port, and
     the PodMonitor selects it by that port's name; Flower is scraped with its basic auth."""
     config = find("ConfigMap", "biofleet-config")["data"]
-    ports = {"api": "BIOFLEET_METRICS_PORT", "worker": "BIOFLEET_WORKER_METRICS_PORT",
-             "callbacks": "BIOFLEET_CALLBACKS_METRICS_PORT", "exporter": "BIOFLEET_EXPORTER_PORT"}  # fmt: skip
+    ports = {
+        "api": "BIOFLEET_METRICS_PORT",
+        "worker": "BIOFLEET_WORKER_METRICS_PORT",
+        "callbacks": "BIOFLEET_CALLBACKS_METRICS_PORT",
+        "exporter": "BIOFLEET_EXPORTER_PORT",
+    }
     monitor = find("PodMonitor", "biofleet")["spec"]
     (names,) = [e["values"] for e in monitor["selector"]["matchExpressions"] if e["key"] == "app.kubernetes.io/name"]
     assert sorted(names) == sorted(ports)
@@ -484,8 +504,13 @@ def test_azure_terraform_parses_and_names_its_variables():
             for kind, named in block.items():
                 for body in named.values():
                     resources.setdefault(kind.strip('"'), []).append(body)
-    assert {"azurerm_kubernetes_cluster", "azurerm_kubernetes_cluster_node_pool", "azurerm_redis_cache",
-            "azurerm_postgresql_flexible_server", "azurerm_storage_account"} <= set(resources)  # fmt: skip
+    assert {
+        "azurerm_kubernetes_cluster",
+        "azurerm_kubernetes_cluster_node_pool",
+        "azurerm_redis_cache",
+        "azurerm_postgresql_flexible_server",
+        "azurerm_storage_account",
+    } <= set(resources)
     (cluster,) = resources["azurerm_kubernetes_cluster"]
     assert cluster["workload_autoscaler_profile"][0]["keda_enabled"] is True
     (pool,) = resources["azurerm_kubernetes_cluster_node_pool"]
@@ -502,8 +527,12 @@ def test_azure_terraform_parses_and_names_its_variables():
     assert used and used <= variables, used - variables
     from cli.scaling_sim import Policy
 
-    defaults = {name.strip('"'): body.get("default") for doc in parsed.values() for block in doc.get("variable", [])
-                for name, body in block.items()}  # fmt: skip
+    defaults = {
+        name.strip('"'): body.get("default")
+        for doc in parsed.values()
+        for block in doc.get("variable", [])
+        for name, body in block.items()
+    }
     assert defaults["max_gpu_nodes"] >= Policy().max_replicas
 
 

@@ -49,14 +49,16 @@ def metric_names(expr: str) -> set[str]:
 
 
 def test_promtool_checks_the_rules():
-    result = subprocess.run([promtool(), "check", "rules", str(MONITORING / "alerts.yaml")],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(MONITORING / "alerts.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_unit_tests_pass():
-    result = subprocess.run([promtool(), "test", "rules", "alerts_test.yaml"], cwd=MONITORING,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [promtool(), "test", "rules", "alerts_test.yaml"], cwd=MONITORING, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
 
@@ -87,11 +89,20 @@ def test_every_alert_names_its_panel_and_runbook_section():
 
 def test_dashboard_covers_what_ops_watch():
     exprs = " ".join(t["expr"] for panel in dashboard()["panels"] for t in panel["targets"])
-    for needle in ("biofleet_queue_depth", "biofleet_jobs_finished_total", "biofleet_job_latency_seconds_bucket",
-                   "biofleet_batch_size_bucket", "biofleet_batch_stage_seconds", "biofleet_worker_info",
-                   "biofleet_worker_busy_seconds_total", "biofleet_callbacks_pending",
-                   "biofleet_callback_attempts_total", "biofleet_api_requests_total",
-                   "biofleet_api_submit_duration_seconds_bucket", "flower_worker_online"):  # fmt: skip
+    for needle in (
+        "biofleet_queue_depth",
+        "biofleet_jobs_finished_total",
+        "biofleet_job_latency_seconds_bucket",
+        "biofleet_batch_size_bucket",
+        "biofleet_batch_stage_seconds",
+        "biofleet_worker_info",
+        "biofleet_worker_busy_seconds_total",
+        "biofleet_callbacks_pending",
+        "biofleet_callback_attempts_total",
+        "biofleet_api_requests_total",
+        "biofleet_api_submit_duration_seconds_bucket",
+        "flower_worker_online",
+    ):
         assert needle in exprs
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le) (rate(biofleet_job_latency_seconds_bucket" in exprs

@@ -69,8 +69,18 @@ def test_render_shows_depth_throughput_latency_and_workers():
     console = Console(record=True, width=120)
     console.print(render(rates(*snapshots())))
     text = console.export_text()
-    for needle in ("verify", "15", "jobs succeeded/s", "30.00", "end-to-end p95", "workers: 1", "75 %",
-                   "dlib-resnet-v1 on cpu", "API 4xx/s", "not answering: " + DOWN):  # fmt: skip
+    for needle in (
+        "verify",
+        "15",
+        "jobs succeeded/s",
+        "30.00",
+        "end-to-end p95",
+        "workers: 1",
+        "75 %",
+        "dlib-resnet-v1 on cpu",
+        "API 4xx/s",
+        "not answering: " + DOWN,
+    ):
         assert needle in text, needle
 
 
@@ -82,7 +92,15 @@ def test_no_jobs_in_the_interval_shows_no_latency():
 
 
 def test_stack_urls_cover_each_pool_process():
-    stack = {"depth_url": "http://127.0.0.1:9110/metrics", "api_metrics_url": None,
-             "callbacks_metrics_url": "http://127.0.0.1:9120/metrics", "metrics_url": "http://127.0.0.1:9102/metrics"}  # fmt: skip
-    assert stack_metric_urls(stack, 2) == ["http://127.0.0.1:9110/metrics", "http://127.0.0.1:9120/metrics",
-                                           "http://127.0.0.1:9102/metrics", "http://127.0.0.1:9103/metrics"]  # fmt: skip
+    stack = {
+        "depth_url": "http://127.0.0.1:9110/metrics",
+        "api_metrics_url": None,
+        "callbacks_metrics_url": "http://127.0.0.1:9120/metrics",
+        "metrics_url": "http://127.0.0.1:9102/metrics",
+    }
+    assert stack_metric_urls(stack, 2) == [
+        "http://127.0.0.1:9110/metrics",
+        "http://127.0.0.1:9120/metrics",
+        "http://127.0.0.1:9102/metrics",
+        "http://127.0.0.1:9103/metrics",
+    ]

@@ -21,10 +21,13 @@ def original_box(box: Box, work: Working) -> Box:
     if not work.reduced:
         return box
     return clip_box(
-        math.floor(box.left * work.scale_x), math.floor(box.top * work.scale_y),
-        math.ceil((box.right + 1) * work.scale_x) - 1, math.ceil((box.bottom + 1) * work.scale_y) - 1,
-        work.width, work.height,
-    )  # fmt: skip
+        math.floor(box.left * work.scale_x),
+        math.floor(box.top * work.scale_y),
+        math.ceil((box.right + 1) * work.scale_x) - 1,
+        math.ceil((box.bottom + 1) * work.scale_y) - 1,
+        work.width,
+        work.height,
+    )
 
 
 def scale_box(box: Box, work: Working, region: Region) -> Box:
@@ -64,6 +67,11 @@ def shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.nd
     pixels = np.asarray(part.resize(size, Image.Resampling.BICUBIC))
     fx, fy = (right - left) / size[0], (bottom - top) / size[1]  # source pixels per new pixel
     points = np.stack([(landmarks[:, 0] - left + 0.5) / fx - 0.5, (landmarks[:, 1] - top + 0.5) / fy - 0.5], axis=1)
-    shrunk = Region(pixels, source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
-                    source.top + (top + 0.5 * fy - 0.5) * source.scale_y, source.scale_x * fx, source.scale_y * fy)  # fmt: skip
+    shrunk = Region(
+        pixels,
+        source.left + (left + 0.5 * fx - 0.5) * source.scale_x,
+        source.top + (top + 0.5 * fy - 0.5) * source.scale_y,
+        source.scale_x * fx,
+        source.scale_y * fy,
+    )
     return shrunk, points
