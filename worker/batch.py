@@ -42,7 +42,7 @@ from shared.db.models import FINAL_STATUSES, Job, Subject, Template
 from shared.db.session import session_scope
 from shared.messages import JobMessage
 from shared.settings import Settings
-from worker import compare, metrics
+from worker import compare, metrics, nearest
 from worker.face.decode import image_pixels
 from worker.face.types import FaceResult
 
@@ -539,6 +539,7 @@ def compare_all(session, items: list[WorkItem], runtime: Runtime) -> None:
             if i.kind == "verify" and i.faces and i.faces[0].ok and (i.model_version or runtime.model_version) == v
         ]  # fmt: skip
         templates[v] = compare.subject_templates(session, v, verify_keys)
+    identified = nearest.identify_items(session, pending, runtime.model_version, runtime.settings, DEFAULT_TOP_K)
     for item in pending:
         mv = item.model_version or runtime.model_version
         threshold = thresholds[mv]
@@ -560,8 +561,7 @@ def compare_all(session, items: list[WorkItem], runtime: Runtime) -> None:
                         "model_version": mv, "templates_compared": count},
             )  # fmt: skip
         elif item.kind == "identify":
-            top_k = min(item.top_k or DEFAULT_TOP_K, runtime.settings.max_top_k)
-            candidates = compare.identify(session, item.tenant_id, probe.descriptor, mv, top_k)
+            candidates = identified[id(item)]
             item.outcome = Outcome(
                 status="succeeded", result={"candidates": candidates, "threshold": threshold, "model_version": mv}
             )

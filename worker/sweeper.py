@@ -8,7 +8,8 @@ sweep(database_url, redis, celery, settings) -> ids of the jobs published again.
   nothing lost). A job published twice is still applied once: writes are idempotent by job id.
 Housekeeper(settings): a daemon thread; every sweep_interval_s it sweeps, and every
   retention_interval_s it runs shared.retention, each only when it holds that task's Redis lock,
-  so one worker of the fleet does it. start() / stop().
+  so one worker of the fleet does it; every ann_interval_s it builds missing gallery indexes
+  (shared.gallery_index, under a Postgres advisory lock). start() / stop().
 """
 
 import logging
@@ -98,7 +99,7 @@ class Housekeeper:
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
 
     def start(self) -> None:
-        if self.settings.sweep_interval_s or self.settings.retention_interval_s:
+        if self.settings.sweep_interval_s or self.settings.retention_interval_s or self.settings.ann_interval_s:
             self._thread.start()
 
     def stop(self) -> None:
@@ -109,13 +110,14 @@ class Housekeeper:
 
         from shared.blob import open_blob_store
         from shared.celery_app import get_celery
+        from shared.gallery_index import maintain_indexes
         from shared.retention import run_retention
         from shared.services import resolve
 
         settings = self.settings
         urls = resolve(settings)
         client = redis_lib.Redis.from_url(urls.redis_url, socket_connect_timeout=5, socket_timeout=5)
-        next_sweep = next_retention = time.monotonic()
+        next_sweep = next_retention = next_index = time.monotonic()
         while not self._stop.wait(1.0):
             now = time.monotonic()
             try:
@@ -127,6 +129,9 @@ class Housekeeper:
                     next_retention = now + settings.retention_interval_s
                     if take_lock(client, RETENTION_LOCK, settings.retention_interval_s):
                         run_retention(urls.database_url, open_blob_store(urls.blob_url), settings)
+                if settings.ann_interval_s and now >= next_index:
+                    next_index = now + settings.ann_interval_s
+                    maintain_indexes(urls.database_url, settings)
             except Exception as exc:  # Redis or Postgres away: try again next time
                 log.warning("housekeeping failed", extra={"error": type(exc).__name__})
         client.close()
