@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     # version) with at least ann_min_templates templates gets a partial HNSW index and is searched
     # through it; smaller ones are scanned exactly. Each probe takes max(ann_candidates, 3 x top_k)
     # templates from the index (hnsw.ef_search at least that), re-ranked exactly, one per subject.
-    ann_min_templates: int = Field(20_000, ge=1)
+    ann_min_templates: int = Field(10_000, ge=1)
     ann_candidates: int = Field(100, ge=1, le=1000)
     ann_ef_search: int = Field(200, ge=1, le=1000)
     ann_m: int = Field(16, ge=2, le=100)  # HNSW graph degree (index build)

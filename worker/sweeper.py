@@ -97,6 +97,7 @@ class Housekeeper:
         self.settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
+        self._indexer: threading.Thread | None = None
 
     def start(self) -> None:
         if self.settings.sweep_interval_s or self.settings.retention_interval_s or self.settings.ann_interval_s:
@@ -105,12 +106,25 @@ class Housekeeper:
     def stop(self) -> None:
         self._stop.set()
 
+    def _indexing(self) -> bool:
+        return self._indexer is not None and self._indexer.is_alive()
+
+    def _maintain_indexes(self, database_url: str) -> None:
+        from shared.gallery_index import maintain_indexes
+
+        try:
+            report = maintain_indexes(database_url, self.settings)
+            if report and (report["built"] or report["dropped"]):
+                log.info("gallery indexes maintained", extra={"built": len(report["built"]),
+                                                                "dropped": len(report["dropped"])})  # fmt: skip
+        except Exception as exc:  # Postgres away: try again next time
+            log.warning("gallery index maintenance failed", extra={"error": type(exc).__name__})
+
     def _run(self) -> None:
         import redis as redis_lib
 
         from shared.blob import open_blob_store
         from shared.celery_app import get_celery
-        from shared.gallery_index import maintain_indexes
         from shared.retention import run_retention
         from shared.services import resolve
 
@@ -129,9 +143,11 @@ class Housekeeper:
                     next_retention = now + settings.retention_interval_s
                     if take_lock(client, RETENTION_LOCK, settings.retention_interval_s):
                         run_retention(urls.database_url, open_blob_store(urls.blob_url), settings)
-                if settings.ann_interval_s and now >= next_index:
+                if settings.ann_interval_s and now >= next_index and not self._indexing():
                     next_index = now + settings.ann_interval_s
-                    maintain_indexes(urls.database_url, settings)
+                    self._indexer = threading.Thread(target=self._maintain_indexes, args=(urls.database_url,),
+                                                     name="gallery-index", daemon=True)  # fmt: skip
+                    self._indexer.start()  # a build may take minutes: sweeps go on meanwhile
             except Exception as exc:  # Redis or Postgres away: try again next time
                 log.warning("housekeeping failed", extra={"error": type(exc).__name__})
         client.close()
