@@ -295,6 +295,30 @@ def _exact_ms(database_url: str, probe) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+def ef_sweep(database_url: str, settings, gallery: Gallery, vectors: np.ndarray, truth: list[list[str]],
+             values: list[int]) -> list[dict]:  # fmt: skip
+    """Search latency and top-5 recall at each hnsw.ef_search in values (candidates unchanged)."""
+    from worker.nearest import Probe
+
+    rows = []
+    for ef in values:
+        tuned = settings.model_copy(update={"ann_ef_search": ef})
+        probes = [Probe(gallery.tenant_id, gallery.version, v, TOP_K) for v in vectors]
+        timed_search(database_url, tuned, probes[:BATCH])
+        alone, answers = [], []
+        for probe in probes:
+            found, seconds = timed_search(database_url, tuned, [probe])
+            alone.append(seconds * 1000)
+            answers.append(found[0])
+        batch = [timed_search(database_url, tuned, probes[i:i + BATCH])[1] * 1000 for i in range(0, 3 * BATCH, BATCH)]
+        recall = np.mean([len({c["subject_id"] for c in got} & set(want)) / TOP_K for got, want in zip(answers, truth)])
+        rows.append({"ef_search": ef, "alone_p50_ms": percentile(alone, 50), "alone_p95_ms": percentile(alone, 95),
+                     "batch32_p50_ms": percentile(batch, 50), "recall_top5": float(recall)})  # fmt: skip
+        say(f"ef_search {ef}: p50 {rows[-1]['alone_p50_ms']:.1f} p95 {rows[-1]['alone_p95_ms']:.1f} ms, "
+            f"batch32 {rows[-1]['batch32_p50_ms']:.0f} ms, recall {recall:.4f}")
+    return rows
+
+
 def build_indexes(database_url: str, settings, galleries: list[Gallery]) -> dict:
     from sqlalchemy import text
 
@@ -307,11 +331,6 @@ def build_indexes(database_url: str, settings, galleries: list[Gallery]) -> dict
         if gallery.templates < settings.ann_min_templates:
             continue
         name = index_name(gallery.tenant_id, gallery.version)
-        with engine.begin() as connection:
-            exists = connection.execute(text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar()
-        if exists:  # rebuilt at each size, to time the build
-            with engine.connect() as connection:
-                connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(f"DROP INDEX {name}")
         seconds = build_index(engine, gallery.tenant_id, gallery.version, settings)
         with engine.begin() as connection:
             size = connection.execute(text("SELECT pg_relation_size(:n)"), {"n": name}).scalar()
@@ -343,6 +362,7 @@ def stack_figures(stack, images: list[str], rounds: int) -> dict:
 def run(args) -> dict:
     from bench.harness import BenchStack
     from shared.db.session import get_engine, session_scope
+    from shared.gallery_index import drop_index
     from shared.keys import get_or_create_tenant
     from shared.settings import Settings, get_settings
 
@@ -375,6 +395,8 @@ def run(args) -> dict:
         version = settings.model_version
         a, b = Gallery(tenant_a, version), Gallery(tenant_b, version)
         for size in args.sizes:
+            for gallery in (a, b):  # loading into an HNSW index is slow: it is built again below
+                drop_index(engine, gallery.tenant_id, gallery.version)
             started = time.perf_counter()
             a.grow(engine, size, enrolled, seeds, rng)
             b.grow(engine, size // 10, {}, seeds, rng)
@@ -382,6 +404,7 @@ def run(args) -> dict:
             say(f"size {size:,}: tenant A {a.templates:,}, tenant B {b.templates:,} templates ({load_s:.0f} s)")
             indexes = build_indexes(stack.database_url, settings, [a, b])
             exact_probes = min(args.probes, max(5, 300_000 // a.templates))  # the exact scan is slow
+            exact_probes = exact_probes if args.exact_probes is None else args.exact_probes
             figures = search_figures(stack.database_url, settings, a, probe_vectors, exact_probes)
             answers = figures.pop("answers")
             truth = a.exact_top(probe_vectors, TOP_K)
@@ -396,6 +419,8 @@ def run(args) -> dict:
                    "load_s": load_s, "indexes": indexes, "search": figures, "second_tenant_search": other,
                    "recall_top5": float(recall), "right_first": first, "right_first_exact": first_exact,
                    "known_probes": len(known)}  # fmt: skip
+            if indexes and args.ef_sweep:
+                row["ef_sweep"] = ef_sweep(stack.database_url, settings, a, probe_vectors, truth, args.ef_sweep)
             if size in args.stack_sizes:
                 if stack.api_url is None:
                     stack.start_api()
@@ -454,13 +479,16 @@ def main() -> None:
     parser.add_argument("--stack-sizes", default=None, help="sizes measured through the stack (default: the largest)")
     parser.add_argument("--stack-rounds", type=int, default=3)
     parser.add_argument("--probes", type=int, default=256)
+    parser.add_argument("--exact-probes", type=int, default=None, help="probes timed on the exact scan")
+    parser.add_argument("--ef-sweep", default="", help="hnsw.ef_search values to sweep at indexed sizes, e.g. 400,800")
     parser.add_argument("--faces-dir", type=Path, default=get_settings().faces_dir)
     parser.add_argument("--cache", default=str(get_settings().model_cache_dir / "bench-gallery-descriptors.npz"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args()
     args.sizes = sorted(int(s) for s in args.sizes.split(","))
-    args.stack_sizes = {int(s) for s in (args.stack_sizes or str(args.sizes[-1])).split(",") if s}
+    args.stack_sizes = {int(s) for s in (args.stack_sizes or str(args.sizes[-1])).split(",") if s}  # 0: none
+    args.ef_sweep = [int(v) for v in args.ef_sweep.split(",") if v]
     run(args)
 
 

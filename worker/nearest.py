@@ -73,8 +73,10 @@ def vector_text(descriptor: np.ndarray) -> str:
 def index_settings(connection: Connection, ef_search: int) -> None:
     """For this transaction: custom plans (the partial index predicate is proven with the bound
     values) and the HNSW search breadth."""
-    connection.execute(text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)"))
-    connection.execute(text("SELECT set_config('hnsw.ef_search', :ef, true)"), {"ef": str(int(ef_search))})
+    connection.execute(
+        text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('hnsw.ef_search', :ef, true)"),
+        {"ef": str(int(ef_search))},
+    )
 
 
 def exact_search(connection: Connection, tenant_id: uuid.UUID, version: str, probes: list[np.ndarray],

@@ -201,3 +201,58 @@ def test_index_after_reenrollment_and_version_switch(services, galleries):
     found = search(services, [Probe(galleries["big"], V2, v, 5) for v in vectors])
     for vector, candidates in zip(vectors, found):
         assert [c["subject_id"] for c in candidates] == exact(galleries["big_v2"] | added, vector, 5)
+
+
+PEOPLE = ["Ariel_Sharon", "Colin_Powell", "Hugo_Chavez", "Tony_Blair"]
+
+
+@pytest.mark.stack
+@pytest.mark.faces
+def test_identify_jobs_through_the_index_match_the_exact_scan(services, api_client, make_key, start_worker, faces_dir):
+    """Identify jobs through the API and a real worker, with the tenant's gallery indexed: the
+    right person first, and the same candidates once the index is dropped (exact scan)."""
+    from shared.db.models import Template
+    from shared.db.session import get_engine, session_scope
+    from shared.gallery_index import build_index, drop_index
+    from shared.keys import get_or_create_tenant
+    from shared.settings import get_settings
+    from tests.integration.test_job_path import enroll, face, identify, wait_final
+
+    start_worker(ann_interval_s=0)
+    name = f"ann-stack-{uuid.uuid4().hex[:6]}"
+    key = make_key(name)
+    jobs = [enroll(api_client, key, p, [face(faces_dir, p, n) for n in (1, 2, 3)]) for p in PEOPLE]
+    assert all(j["status"] == "succeeded" for j in wait_final(api_client, key, jobs).values())
+    version = get_settings().model_version
+    rng = np.random.default_rng(5)
+    with session_scope(services.database_url) as session:
+        tenant = get_or_create_tenant(session, name)
+        real = np.array([t.embedding for t in session.query(Template).filter_by(tenant_id=tenant, model_version=version)])
+        directions = rng.normal(size=(300, 128))
+        centres = real[rng.integers(0, len(real), 300)] + 0.8 * directions / np.linalg.norm(directions, axis=1)[:, None]
+        add_templates(session, tenant, version, centres, rng, "synthetic")
+    engine = get_engine(services.database_url)
+    build_index(engine, tenant, version, settings())
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE templates"))
+    assert index_name_in_plan(services, tenant, version)
+
+    def run() -> list[list[dict]]:
+        ids = [identify(api_client, key, face(faces_dir, p, 5), top_k=5) for p in PEOPLE]
+        done = wait_final(api_client, key, ids)
+        assert all(done[i]["status"] == "succeeded" for i in ids)
+        return [done[i]["result"]["candidates"] for i in ids]
+
+    indexed = run()
+    assert [c[0]["subject_id"] for c in indexed] == PEOPLE
+    drop_index(engine, tenant, version)
+    scanned = run()
+    for a, b in zip(indexed, scanned):
+        assert [c["subject_id"] for c in a] == [c["subject_id"] for c in b]
+        assert [c["distance"] for c in a] == pytest.approx([c["distance"] for c in b], abs=1e-4)
+
+
+def index_name_in_plan(services, tenant_id, version: str) -> bool:
+    from shared.gallery_index import index_name
+
+    return index_name(tenant_id, version) in explain(services, tenant_id, version)
