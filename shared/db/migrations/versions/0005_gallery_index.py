@@ -24,10 +24,6 @@ def upgrade() -> None:
     parts = tuple(int(p) for p in str(version or "0").split(".")[:2] if p.isdigit())
     if parts < (0, 5):
         raise RuntimeError(f"pgvector {version} has no HNSW index: 0.5.0 or newer is needed")
-    op.execute(
-        "COMMENT ON COLUMN templates.embedding IS "
-        "'searched through partial HNSW indexes ix_templates_ann_* (one per large tenant gallery)'"
-    )
 
 
 def downgrade() -> None:
@@ -36,4 +32,3 @@ def downgrade() -> None:
         "WHERE relname LIKE 'ix_templates_ann_%' AND relkind = 'i' LOOP "
         "EXECUTE format('DROP INDEX %I', name); END LOOP; END $$"
     )
-    op.execute("COMMENT ON COLUMN templates.embedding IS NULL")
