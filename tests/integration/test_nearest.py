@@ -89,8 +89,18 @@ def galleries(services):
         build_index(engine, tenant, version, settings())
     with engine.begin() as connection:
         connection.execute(text("ANALYZE templates"))
-    return {"big": big, "small": small, "big_v1": big_v1, "big_v2": big_v2, "small_v1": small_v1,
-            "centres": centres, "rng": rng}  # fmt: skip
+    yield {"big": big, "small": small, "big_v1": big_v1, "big_v2": big_v2, "small_v1": small_v1,
+           "centres": centres, "rng": rng}  # fmt: skip
+    drop_all(engine)  # the schema matches the models again (test_infra)
+
+
+def drop_all(engine) -> None:
+    from shared.gallery_index import _drop, existing_indexes
+
+    with engine.connect() as connection:
+        names = list(existing_indexes(connection))
+    for name in names:
+        _drop(engine, name)
 
 
 def search(services, probes):
