@@ -75,8 +75,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list[dict], i
     images), and the number of errors."""
     errors = exc.errors()
     details = [
-        {"loc": [str(part)[:MAX_LOC_CHARS] for part in err.get("loc", ())], "msg": err.get("msg", ""),
-         "type": err.get("type", "")}
+        {
+            "loc": [str(part)[:MAX_LOC_CHARS] for part in err.get("loc", ())],
+            "msg": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
         for err in errors[:MAX_LISTED_ERRORS]
     ]
     message = "; ".join(f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5])

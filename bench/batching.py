@@ -101,8 +101,13 @@ def run(jobs: int, sizes: list[int], flush_ms: int, concurrency: int, timeout: f
     results.update(
         jobs_per_s={size: figures["jobs_per_s"] for size, figures in per_size.items()},
         speedup_over_1={size: figures["jobs_per_s"] / base for size, figures in per_size.items()} if base else {},
-        workload={"jobs": jobs, "kind": "verify", "identities": len(faces), "concurrency": concurrency,
-                  "flush_interval_ms": flush_ms},  # fmt: skip
+        workload={
+            "jobs": jobs,
+            "kind": "verify",
+            "identities": len(faces),
+            "concurrency": concurrency,
+            "flush_interval_ms": flush_ms,
+        },  # fmt: skip
         machine=machine(resolve_device("auto")),
     )
     return results
@@ -130,8 +135,10 @@ def print_table(results: dict) -> None:
         )
     console = Console()
     console.print(table)
-    stages = Table(title="worker time per job by stage, ms (from its metrics)",
-                   caption="detect = decode + detect + landmarks + align")
+    stages = Table(
+        title="worker time per job by stage, ms (from its metrics)",
+        caption="detect = decode + detect + landmarks + align",
+    )
     names = list(next(iter(results["per_size"].values())).get("worker_ms_per_job", {}))
     stages.add_column("flush at", justify="right")
     for name in names + ["total"]:

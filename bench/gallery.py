@@ -65,7 +65,7 @@ def real_descriptors(faces_dir: Path, cache: Path) -> dict:
     names, images, vectors = [], [], []
     with pipeline:
         for start in range(0, len(paths), 32):
-            chunk = paths[start:start + 32]
+            chunk = paths[start : start + 32]
             for path, face in zip(chunk, pipeline.process([p.read_bytes() for p in chunk])):
                 if face.ok:
                     names.append(f"{path.parent.parent.name}/{path.parent.name}")
@@ -166,7 +166,7 @@ def copy_gallery(engine, tenant_id: uuid.UUID, version: str, names: list[str], v
             step = 200_000
             copy.write(HEADER)
             for start in range(0, rows, step):
-                copy.write(templates[start:start + step].tobytes())
+                copy.write(templates[start : start + step].tobytes())
             copy.write(TRAILER)
         raw.driver_connection.commit()
     finally:
@@ -197,7 +197,7 @@ class Gallery:
         """Add real subjects (up to half of size) then synthetic ones, to about size templates."""
         real_names = sorted(real, key=lambda n: (len(real[n]) != PER_SUBJECT, n))  # lfw_colour's first
         want_real = min(len(real_names), max(0, size // 2 // PER_SUBJECT))
-        new_real = real_names[self.real_added:want_real]
+        new_real = real_names[self.real_added : want_real]
         if new_real:
             vectors = np.stack([_three(real[n], rng) for n in new_real])
             self.add(engine, new_real, vectors, rng)
@@ -211,7 +211,7 @@ class Gallery:
     def exact_top(self, probes: np.ndarray, k: int) -> list[list[str]]:
         """The exact top-k subjects per probe (min over a subject's templates), with numpy."""
         vectors = np.concatenate(self.blocks).reshape(-1, DIM)
-        norms = (vectors ** 2).sum(axis=1)
+        norms = (vectors**2).sum(axis=1)
         found = []
         for probe in probes:
             d2 = norms - 2 * (vectors @ probe.astype(np.float32)) + float(probe @ probe)
@@ -257,7 +257,7 @@ def search_figures(database_url: str, settings, gallery: Gallery, vectors: np.nd
         answers.append(found[0])
     batches = []
     for start in range(0, len(probes) - BATCH + 1, BATCH):
-        batches.append(timed_search(database_url, settings, probes[start:start + BATCH])[1] * 1000)
+        batches.append(timed_search(database_url, settings, probes[start : start + BATCH])[1] * 1000)
     exact_ms = []
     with_index = _indexed(database_url, gallery)
     for probe in probes[:exact_probes]:
@@ -310,12 +310,14 @@ def ef_sweep(database_url: str, settings, gallery: Gallery, vectors: np.ndarray,
             found, seconds = timed_search(database_url, tuned, [probe])
             alone.append(seconds * 1000)
             answers.append(found[0])
-        batch = [timed_search(database_url, tuned, probes[i:i + BATCH])[1] * 1000 for i in range(0, 3 * BATCH, BATCH)]
+        batch = [timed_search(database_url, tuned, probes[i : i + BATCH])[1] * 1000 for i in range(0, 3 * BATCH, BATCH)]
         recall = np.mean([len({c["subject_id"] for c in got} & set(want)) / TOP_K for got, want in zip(answers, truth)])
         rows.append({"ef_search": ef, "alone_p50_ms": percentile(alone, 50), "alone_p95_ms": percentile(alone, 95),
                      "batch32_p50_ms": percentile(batch, 50), "recall_top5": float(recall)})  # fmt: skip
-        say(f"ef_search {ef}: p50 {rows[-1]['alone_p50_ms']:.1f} p95 {rows[-1]['alone_p95_ms']:.1f} ms, "
-            f"batch32 {rows[-1]['batch32_p50_ms']:.0f} ms, recall {recall:.4f}")
+        say(
+            f"ef_search {ef}: p50 {rows[-1]['alone_p50_ms']:.1f} p95 {rows[-1]['alone_p95_ms']:.1f} ms, "
+            f"batch32 {rows[-1]['batch32_p50_ms']:.0f} ms, recall {recall:.4f}"
+        )
     return rows
 
 
@@ -378,9 +380,9 @@ def run(args) -> dict:
     seeds = real["vectors"]
     results = {"settings": {k: getattr(settings, k) for k in Settings.model_fields if k.startswith("ann_")},
                "probes": len(probes), "seed": SEED, "sizes": []}  # fmt: skip
-    from bench.model import machine
-
     import torch
+
+    from bench.model import machine
 
     results["machine"] = machine(torch.device("cpu"))
     with BenchStack(log_level="WARNING") as stack:
@@ -413,7 +415,7 @@ def run(args) -> dict:
             known = [i for i, p in enumerate(probes) if p[0] in a.names]
             first = sum(answers[i][0]["subject_id"] == probes[i][0] for i in known)
             first_exact = sum(truth[i][0] == probes[i][0] for i in known)
-            other = search_figures(stack.database_url, settings, b, probe_vectors[:BATCH * 2], 0)
+            other = search_figures(stack.database_url, settings, b, probe_vectors[: BATCH * 2], 0)
             other.pop("answers")
             row = {"size": size, "templates": a.templates, "second_tenant_templates": b.templates,
                    "load_s": load_s, "indexes": indexes, "search": figures, "second_tenant_search": other,
@@ -437,10 +439,13 @@ def print_row(row: dict) -> None:
     s = row["search"]
     stack = row.get("stack", {}).get("batch32_median_s")
     build = next(iter(row["indexes"].values()), {}).get("build_s") if row["indexes"] else None
-    print(f"{row['templates']:>9,} | {s['path']:5} | alone p50 {s['alone_p50_ms']:.1f} p95 {s['alone_p95_ms']:.1f} ms | "
-          f"batch32 p50 {s['batch32_p50_ms'] or 0:.0f} ms | exact {s['exact_scan_p50_ms'] or 0:.0f} ms | "
-          f"recall {row['recall_top5']:.4f} | first {row['right_first']}/{row['known_probes']} "
-          f"(exact {row['right_first_exact']}) | build {build or 0:.0f} s | stack 32 {stack or 0:.2f} s", flush=True)
+    print(
+        f"{row['templates']:>9,} | {s['path']:5} | alone p50 {s['alone_p50_ms']:.1f} p95 {s['alone_p95_ms']:.1f} ms | "
+        f"batch32 p50 {s['batch32_p50_ms'] or 0:.0f} ms | exact {s['exact_scan_p50_ms'] or 0:.0f} ms | "
+        f"recall {row['recall_top5']:.4f} | first {row['right_first']}/{row['known_probes']} "
+        f"(exact {row['right_first_exact']}) | build {build or 0:.0f} s | stack 32 {stack or 0:.2f} s",
+        flush=True,
+    )
 
 
 def plot(results: dict, path: Path) -> Path:

@@ -187,9 +187,7 @@ def verify_bodies(faces: dict[str, list[bytes]], count: int) -> list[dict]:
     """count verification bodies: each identity's images past the enrolled ones, claimed in turn
     as that identity (even indexes: a genuine claim) and as the next one (odd: an impostor claim)."""
     names = sorted(faces)
-    probes = [
-        (name, image) for name in names for image in faces[name][ENROLL_SAMPLES:]
-    ]
+    probes = [(name, image) for name in names for image in faces[name][ENROLL_SAMPLES:]]
     bodies = []
     for i in range(count):
         name, image = probes[i % len(probes)]
@@ -213,9 +211,7 @@ def http_client(api_url: str, key: str, connections: int):
     import httpx
 
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(
-        base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits
-    )
+    return httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits)
 
 
 async def _submit_all(api_url: str, key: str, path: str, bodies: list[dict], concurrency: int) -> list[Sent]:

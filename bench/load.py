@@ -181,8 +181,12 @@ def run(args, faces_dir: Path) -> dict:
         "enqueue": enqueue,
         "steps": steps,
         "peak_rss_mib": memory.peak_mib,
-        "workload": {"kind": "verify", "duration_s": args.duration, "drain_s": args.drain,
-                     "worker": "one, default settings"},  # fmt: skip
+        "workload": {
+            "kind": "verify",
+            "duration_s": args.duration,
+            "drain_s": args.drain,
+            "worker": "one, default settings",
+        },  # fmt: skip
         "machine": machine(resolve_device("auto")),
     }
 
@@ -247,8 +251,10 @@ def print_tables(results: dict) -> None:
     best = results["max_rate_p95_under_1s"]
     summary.add_row("highest rate with completion p95 < 1 s", "none" if best is None else f"{best:g} jobs/s")
     summary.add_row("API enqueue rate, no worker consuming", f"{enqueue['jobs_per_s']:.0f} jobs/s")
-    summary.add_row("API enqueue latency p50 / p99",
-                    f"{1000 * enqueue['latency_s']['p50']:.0f} / {1000 * enqueue['latency_s']['p99']:.0f} ms")
+    summary.add_row(
+        "API enqueue latency p50 / p99",
+        f"{1000 * enqueue['latency_s']['p50']:.0f} / {1000 * enqueue['latency_s']['p99']:.0f} ms",
+    )
     for name, mib in results["peak_rss_mib"].items():
         summary.add_row(f"peak RSS, {name}", f"{mib:.0f} MiB")
     console.print(summary)

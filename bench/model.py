@@ -32,7 +32,7 @@ import os
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +101,9 @@ def descriptor_rounds(reference, embedder, chips: np.ndarray, rounds: int):
                 embedder.embed(chips[first : first + size])
             port_times[size].append(1000 * (time.perf_counter() - start) / (faces - faces % size))
     port_ms = {str(size): statistics.median(times) for size, times in port_times.items()}
-    ratio = {str(size): statistics.median(d / p for d, p in zip(dlib_times, times)) for size, times in port_times.items()}
+    ratio = {
+        str(size): statistics.median(d / p for d, p in zip(dlib_times, times)) for size, times in port_times.items()
+    }
     return statistics.median(dlib_times), port_ms, ratio
 
 
@@ -289,9 +291,13 @@ def photo_stages(device: str, repeats: int, faces_dir: Path, cache_dir: Path, em
         for size in PHOTO_SIZES:
             inputs = photo_inputs(faces_dir, size)
             result: dict = {}
-            result["biofleet_peak_rss_mib"] = _peak_rss(lambda: result.update(biofleet=_stage_ms(ours_one, inputs, repeats)))
+            result["biofleet_peak_rss_mib"] = _peak_rss(
+                lambda: result.update(biofleet=_stage_ms(ours_one, inputs, repeats))
+            )
             result["biofleet"]["embed"] = embed_ms
-            result["dlib_peak_rss_mib"] = _peak_rss(lambda: result.update(dlib=_stage_ms(dlib_one, inputs, max(1, repeats // 2))))
+            result["dlib_peak_rss_mib"] = _peak_rss(
+                lambda: result.update(dlib=_stage_ms(dlib_one, inputs, max(1, repeats // 2)))
+            )
             image = reference.decode(inputs[0])
             start = time.perf_counter()
             result["dlib_cnn_peak_rss_mib"] = _peak_rss(lambda: cnn(image, 0))
@@ -400,7 +406,7 @@ def run(device: str, repeats: int, out: Path, faces_dir: Path, cache_dir: Path) 
         "faces": {"chips": len(chips), "stage_images": len(usable)},
         "repeats": repeats,
         "machine": machine(embedder.device),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
@@ -416,8 +422,10 @@ def print_photo_table(results: dict) -> None:
     if not photos:
         return
     stages = ("decode", "detect", "landmarks", "align", "embed")
-    table = Table(title="by photo size, ms per image (biofleet: CNN on the working copy; dlib: face_recognition's path, HOG)",
-                  caption="dlib CNN: full resolution, one image; RSS: this process's peak while the case ran")
+    table = Table(
+        title="by photo size, ms per image (biofleet: CNN on the working copy; dlib: face_recognition's path, HOG)",
+        caption="dlib CNN: full resolution, one image; RSS: this process's peak while the case ran",
+    )
     for name in ("photo", "pipeline", *stages, "total", "peak RSS MiB", "dlib CNN detect ms"):
         table.add_column(name, justify="left" if name in ("photo", "pipeline") else "right")
     for size, r in photos.items():
@@ -490,7 +498,7 @@ def main() -> None:
         photos = photo_stages(args.device, max(1, args.repeats // 2), settings.faces_dir, settings.model_cache_dir)
         results = json.loads(args.out.read_text()) if args.out.exists() else {}
         results.update(photos, photos_machine=machine(torch.device("cpu") if args.device != "cuda" else torch.device("cuda")),
-                       photos_date=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+                       photos_date=datetime.now(UTC).isoformat(timespec="seconds"))  # fmt: skip
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         print_photo_table(results)

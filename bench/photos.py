@@ -126,7 +126,9 @@ def photo_plan(name: str, k: int, per_image: int) -> list[dict]:
         elif n % 4 == 1:
             orientation = (6, 8, 3)[n // 4 % 3]
         quality = int(rng.integers(85, 96))
-        plans.append({"frame": frame, "face_px": face_px, "format": fmt, "orientation": orientation, "quality": quality})
+        plans.append(
+            {"frame": frame, "face_px": face_px, "format": fmt, "orientation": orientation, "quality": quality}
+        )
     return plans
 
 
@@ -174,7 +176,9 @@ def make_photos(faces_dir: Path, out: Path, per_image: int, jobs: int) -> Path:
         for j, plan in enumerate(photo_plan(source.name, k, per_image)):
             ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[plan["format"]]
             frame = f"{plan['frame'][0]}x{plan['frame'][1]}"
-            tasks.append((source, f"{source.name}/{j}", folder / f"{source.stem}_{frame}_{plan['face_px']}.{j}.{ext}", plan))
+            tasks.append(
+                (source, f"{source.name}/{j}", folder / f"{source.stem}_{frame}_{plan['face_px']}.{j}.{ext}", plan)
+            )
     manifest = _run(tasks, _write_photo, jobs, "photos")
     path = folder / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1) + "\n")

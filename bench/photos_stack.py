@@ -156,7 +156,9 @@ def print_table(results: dict) -> None:
         table.add_column(name, justify="left" if name == "figure" else "right")
     met = results["met"]
     table.add_row("worker ms per job, batch 32", f"{b['worker_ms_per_job']:.0f}", "300", str(met["worker_ms_per_job"]))
-    table.add_row("end-to-end s, submitted alone (median)", f"{a['latency_s_median']:.2f}", "1.0", str(met["alone_latency_s"]))
+    table.add_row(
+        "end-to-end s, submitted alone (median)", f"{a['latency_s_median']:.2f}", "1.0", str(met["alone_latency_s"])
+    )
     table.add_row("worker peak RSS MiB, batches of 32", f"{b['peak_rss_mib']:.0f}", "2048", str(met["peak_rss_mib"]))
     console = Console()
     console.print(table)

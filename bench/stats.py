@@ -8,7 +8,7 @@ write_results(path, data) -> path (indented JSON, parent folders made).
 import json
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -70,6 +70,6 @@ def write_results(path: Path, data: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**data}
-    data.setdefault("date", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    data.setdefault("date", datetime.now(UTC).isoformat(timespec="seconds"))
     path.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
     return path

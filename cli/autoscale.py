@@ -141,7 +141,9 @@ def publish(cloudwatch: bool, interval: float, once: bool, namespace: str, asg: 
 @click.option("--activation", type=int, default=None, help="Backlog at or under this is idle (default 0).")
 @click.option("--cooldown", type=float, default=None, help="Scale-down stabilisation window, s (default 300).")
 @click.option("--poll", type=float, default=None, help="Seconds between metric reads (default 15).")
-@click.option("--startup", type=float, default=None, help="Seconds from asking for a worker to its first batch (default 180).")
+@click.option(
+    "--startup", type=float, default=None, help="Seconds from asking for a worker to its first batch (default 180)."
+)
 @click.option("--scale-up-pods", type=int, default=None, help="Per minute at most max(this, 100%%) more (default 4).")
 @click.option("--scale-down-pods", type=int, default=None, help="Per minute at most this many fewer (default 2).")
 @click.option("--metric", type=click.Choice(["depth", "waiting"]), default=None,
@@ -154,7 +156,9 @@ def publish(cloudwatch: bool, interval: float, once: bool, namespace: str, asg: 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default bench/results/scaling_<trace>.png).")  # fmt: skip
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the results as JSON here.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the results as JSON here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def simulate(trace_path: Path, per_worker: tuple[float, ...], plot_path: Path | None, out: Path | None, as_json: bool,
              model_results: Path | None, price_per_hour: float | None, seed: int, **overrides) -> None:  # fmt: skip

@@ -32,10 +32,15 @@ import click
 @click.option("--rate", default=8.0, show_default=True, help="Jobs submitted per second.")
 @click.option("--drain-timeout", default=600.0, show_default=True, help="Seconds to wait for the last jobs.")
 @click.option("--keep", is_flag=True, help="Keep the temporary folder (worker logs) and print its path.")
-@click.option("--idle-phases", is_flag=True,
-              help="After a third of the jobs, stop the load for 30 s with a Redis restart inside, then 20 jobs at 1/s, then the rest.")
+@click.option(
+    "--idle-phases",
+    is_flag=True,
+    help="After a third of the jobs, stop the load for 30 s with a Redis restart inside, then 20 jobs at 1/s, then the rest.",
+)
 @click.option("--heavy-jobs", default=0, show_default=True, help="Enrollments of ten 5000x5000 images mixed in.")
-@click.option("--slow-callbacks", default=0, show_default=True, help="Jobs whose callback receiver trickles its answer.")
+@click.option(
+    "--slow-callbacks", default=0, show_default=True, help="Jobs whose callback receiver trickles its answer."
+)
 def chaos(job_count, kill_worker_every, restart_redis_once, restart_postgres_once, workers, rate, drain_timeout, keep,
           idle_phases, heavy_jobs, slow_callbacks):  # fmt: skip
     """Run the stack under load and faults; print accepted/succeeded/failed/lost/duplicated."""

@@ -138,9 +138,8 @@ HEAVY_IMAGES = 10  # per heavy enrollment
 def heavy_images(faces_dir: Path, count: int = HEAVY_IMAGES, seed: int = 11) -> list[bytes]:
     """count JPEGs of HEAVY_SIDE x HEAVY_SIDE: smooth noise with a real face (~1200 px) pasted in
     (a grey square when the faces are absent), each different, the same on every run."""
-    from PIL import Image
-
     import numpy as np
+    from PIL import Image
 
     rng = np.random.default_rng(seed)
     faces = sorted((faces_dir / "lfw_colour").glob("*/*.jpg")) if (faces_dir / "lfw_colour").is_dir() else []
@@ -148,7 +147,9 @@ def heavy_images(faces_dir: Path, count: int = HEAVY_IMAGES, seed: int = 11) -> 
     for k in range(count):
         noise = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
         canvas = Image.fromarray(noise).resize((HEAVY_SIDE, HEAVY_SIDE), Image.Resampling.BICUBIC)
-        face = Image.open(faces[k % len(faces)]).convert("RGB") if faces else Image.new("RGB", (250, 250), (128, 128, 128))
+        face = (
+            Image.open(faces[k % len(faces)]).convert("RGB") if faces else Image.new("RGB", (250, 250), (128, 128, 128))
+        )
         side = int(rng.integers(1000, 1400))
         canvas.paste(face.resize((side, side), Image.Resampling.BICUBIC),
                      (int(rng.integers(0, HEAVY_SIDE - side)), int(rng.integers(0, HEAVY_SIDE - side))))  # fmt: skip
@@ -300,8 +301,9 @@ def _clear_caches() -> None:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def submit_all(stack: Stack, requests: list, times: list[float], stop: threading.Event, progress, tenants=None,
-               placed=None) -> list[str]:
+def submit_all(
+    stack: Stack, requests: list, times: list[float], stop: threading.Event, progress, tenants=None, placed=None
+) -> list[str]:
     """Submit each request at its time (seconds from the start), retrying one that is refused
     (Redis or Postgres away) with the same Idempotency-Key until it is accepted. Returns the
     accepted job ids. tenants: a tenant name per request (default: all "chaos"); placed, a list:
@@ -451,7 +453,9 @@ def run_chaos(options: ChaosOptions) -> ChaosReport:
         report.callbacks_expected = len(expected)
         deadline = time.monotonic() + CALLBACK_DRAIN_S
         while receivers.delivered(expected) < len(expected) and time.monotonic() < deadline:
-            console.print(f"[{time.monotonic() - started:6.1f} s] callbacks {receivers.delivered(expected)}/{len(expected)}")
+            console.print(
+                f"[{time.monotonic() - started:6.1f} s] callbacks {receivers.delivered(expected)}/{len(expected)}"
+            )
             time.sleep(5)
         report.callbacks_delivered = receivers.delivered(expected)
         report.forged = receivers.forged

@@ -206,7 +206,9 @@ class Enroller:
             return
         if response.status_code != 202:
             error = _error(response)
-            self._fail(subject, attempt, None, error.get("code", f"http_{response.status_code}"), error.get("message", ""))
+            self._fail(
+                subject, attempt, None, error.get("code", f"http_{response.status_code}"), error.get("message", "")
+            )
             return
         job_id = response.json()["id"]
         self.state.record({"subject": subject.subject_id, "attempt": attempt, "job_id": job_id, "status": "submitted"})
@@ -295,8 +297,14 @@ def enroll_dir(root: str, api_url, key, samples: int, concurrency: int, max_queu
     exit status is 1 when a subject failed, 130 when interrupted (rerun to resume)."""
     import httpx
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)  # fmt: skip
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,  # fmt: skip
+    )
 
     settings = get_settings()
     stack = read_stack_file(settings.state_dir)

@@ -179,13 +179,19 @@ def _table(columns: dict[str, dict], folds: int):
 
 @click.command("eval-pairs")
 @click.argument("pairs_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding NAME/NAME_NNNN.jpg images.")
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder holding NAME/NAME_NNNN.jpg images.",
+)
 @click.option("--reference", type=click.Choice(["dlib"]), help="Also run dlib's own pipeline on the same pairs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (fractions, not percents).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: DET curve and histograms.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: bool, plot: Path | None, batch_size: int) -> None:
+def eval_pairs(
+    pairs_file: Path, root: Path, reference: str | None, as_json: bool, plot: Path | None, batch_size: int
+) -> None:
     """Verification metrics on an LFW-format pairs file.
 
     Each distinct image is processed once. Reports accuracy at dlib's threshold 0.6, the
@@ -206,8 +212,9 @@ def eval_pairs(pairs_file: Path, root: Path, reference: str | None, as_json: boo
         results = _descriptors(pipeline.process, root, images, batch_size, "biofleet")
     columns[ours], distances[ours] = _column(pairs, results)
     if reference == "dlib":
-        dlib = DlibReference.load(upsample=settings.detector_upsample, multiple_faces="largest",
-                                  max_pixels=settings.max_image_pixels)
+        dlib = DlibReference.load(
+            upsample=settings.detector_upsample, multiple_faces="largest", max_pixels=settings.max_image_pixels
+        )
         results = _descriptors(dlib.process, root, images, batch_size, "dlib")
         columns[theirs], distances[theirs] = _column(pairs, results)
 

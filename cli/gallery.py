@@ -218,7 +218,14 @@ def reenroll(target: str, max_queued: int, timeout: float, as_json: bool) -> Non
     TARGET, through the low-priority `reenroll` queue. Resumable: a rerun skips covered subjects
     and waits for jobs an earlier run left queued. Exit status 1 while coverage is incomplete."""
     import redis
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from shared.celery_app import get_celery
     from shared.db.session import session_scope

@@ -321,8 +321,16 @@ def stack_status(settings) -> dict:
     }
     urls = {
         name: stack.get(name)
-        for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url",
-                     "database_url", "blob_url")
+        for name in (
+            "api_url",
+            "flower_url",
+            "metrics_url",
+            "api_metrics_url",
+            "depth_url",
+            "redis_url",
+            "database_url",
+            "blob_url",
+        )
     }
     redis_url = settings.redis_url or urls["redis_url"]
     urls["redis_url"] = redis_url
@@ -373,8 +381,16 @@ def up() -> None:
     table = Table(title="biofleet is up", show_header=False)
     table.add_column("what")
     table.add_column("where", overflow="fold")
-    for name in ("api_url", "flower_url", "metrics_url", "api_metrics_url", "depth_url", "redis_url", "database_url",
-                 "blob_url"):
+    for name in (
+        "api_url",
+        "flower_url",
+        "metrics_url",
+        "api_metrics_url",
+        "depth_url",
+        "redis_url",
+        "database_url",
+        "blob_url",
+    ):
         table.add_row(name.removesuffix("_url"), str(redact(stack.get(name))))
     table.add_row("flower login", f"{settings.flower_user} (password: BIOFLEET_FLOWER_PASSWORD)")
     table.add_row("logs", str(settings.state_dir.resolve() / "logs"))

@@ -38,9 +38,7 @@ class Client:
     def __init__(self, api_url: str, key: str):
         import httpx
 
-        self.http = httpx.Client(
-            base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-        )
+        self.http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
     def submit(self, path: str, body: dict) -> str:
         response = self.http.post(path, json=body)
@@ -88,9 +86,12 @@ def run_workload(client: Client, samples: Path, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     started = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        enroll_ids = list(pool.map(
-            lambda e: client.submit(f"/v1/subjects/{e[0]}/enrollments",
-                                    {"images": [_b64(p) for p in e[1]]}), enrollments))
+        enroll_ids = list(
+            pool.map(
+                lambda e: client.submit(f"/v1/subjects/{e[0]}/enrollments", {"images": [_b64(p) for p in e[1]]}),
+                enrollments,
+            )
+        )
         enrolled = list(pool.map(lambda i: client.wait(i, deadline), enroll_ids))
 
         def submit_probe(probe):
@@ -174,8 +175,12 @@ def _curl_examples(api_url: str) -> str:
 
 
 @click.command()
-@click.option("--samples", type=click.Path(path_type=Path), default=None,
-              help="Folder of <identity>/<images>; default: the LFW colour sample when present.")
+@click.option(
+    "--samples",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of <identity>/<images>; default: the LFW colour sample when present.",
+)
 @click.option("--api", "api_url", default=None, help="API base URL (default: the running stack's).")
 @click.option("--key", default=None, help="API key (default: the running stack's first key).")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for all jobs.")

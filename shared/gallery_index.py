@@ -91,9 +91,7 @@ def gallery_sizes(connection: Connection, versions: Iterable[str] | None = None)
         "JOIN model_versions v ON v.name = t.model_version "
     )
     if versions is None:
-        rows = connection.execute(
-            text(query + "WHERE v.status <> 'retired' GROUP BY 1, 2")
-        ).all()
+        rows = connection.execute(text(query + "WHERE v.status <> 'retired' GROUP BY 1, 2")).all()
     else:
         rows = connection.execute(
             text(query + "WHERE t.model_version = ANY(:versions) GROUP BY 1, 2"), {"versions": list(versions)}

@@ -184,10 +184,18 @@ def submit_job(
             job = session.scalars(
                 insert(Job)
                 .values(
-                    id=job_id, tenant_id=tenant_id, kind=request.kind, status="queued",
-                    subject_external_id=request.subject_id, top_k=request.top_k, cropped=request.cropped,
-                    blob_keys=keys, callback_url=request.callback_url, attempts=0,
-                    idempotency_key=idempotency_key, request_hash=digest,
+                    id=job_id,
+                    tenant_id=tenant_id,
+                    kind=request.kind,
+                    status="queued",
+                    subject_external_id=request.subject_id,
+                    top_k=request.top_k,
+                    cropped=request.cropped,
+                    blob_keys=keys,
+                    callback_url=request.callback_url,
+                    attempts=0,
+                    idempotency_key=idempotency_key,
+                    request_hash=digest,
                     published=idempotency_key is None,  # a job with a key waits for its publish
                 )  # fmt: skip
                 .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
@@ -308,9 +316,7 @@ def _settled_by_key(database_url: str, tenant_id: uuid.UUID, key: str) -> Job | 
 def _unpublish(database_url: str, job_id: uuid.UUID) -> bool:
     """Remove a job whose publish failed, unless a worker took it meanwhile; True when removed."""
     with session_scope(database_url) as session:
-        removed = session.execute(
-            delete(Job).where(Job.id == job_id, Job.status == "queued").returning(Job.id)
-        ).first()
+        removed = session.execute(delete(Job).where(Job.id == job_id, Job.status == "queued").returning(Job.id)).first()
     return removed is not None
 
 

@@ -10,7 +10,7 @@ run_retention(database_url, blobs, settings, now=None) -> RetentionReport.
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, update
 
@@ -53,7 +53,7 @@ def expired_jobs(session, settings: Settings, now: datetime, limit: int) -> list
 
 def run_retention(database_url: str, blobs, settings: Settings, now: datetime | None = None) -> RetentionReport:
     """Delete expired images chunk by chunk; see the module docstring."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     report = RetentionReport()
     while True:
         with session_scope(database_url) as session:

@@ -11,7 +11,7 @@ publish_cloudwatch(client, depths, workers, namespace="biofleet") -> list of wha
 
 import math
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 NAMESPACE = "biofleet"
 BACKLOG_PER_WORKER = "BacklogPerWorker"
@@ -57,9 +57,14 @@ def backlog_per_worker(depths: Mapping[str, int], workers: int) -> float:
 def cloudwatch_metric_data(depths: Mapping[str, int], workers: int, timestamp: datetime | None = None) -> list[dict]:
     """MetricData for put_metric_data: BacklogPerWorker and Workers (no dimensions, the metric a
     target-tracking policy reads), and QueueDepth per queue (dimension Queue)."""
-    when = timestamp or datetime.now(timezone.utc)
+    when = timestamp or datetime.now(UTC)
     data = [
-        {"MetricName": BACKLOG_PER_WORKER, "Value": backlog_per_worker(depths, workers), "Unit": "Count", "Timestamp": when},
+        {
+            "MetricName": BACKLOG_PER_WORKER,
+            "Value": backlog_per_worker(depths, workers),
+            "Unit": "Count",
+            "Timestamp": when,
+        },
         {"MetricName": WORKERS, "Value": float(workers), "Unit": "Count", "Timestamp": when},
     ]
     for queue, depth in depths.items():

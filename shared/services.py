@@ -34,8 +34,7 @@ def resolve(settings: Settings | None = None) -> ServiceUrls:
         value = getattr(settings, name) or stack.get(name)
         if not value:
             raise ServiceNotConfigured(
-                f"{name} is not set (BIOFLEET_{name.upper()}) and no embedded stack is running: "
-                "run `biofleet up`"
+                f"{name} is not set (BIOFLEET_{name.upper()}) and no embedded stack is running: run `biofleet up`"
             )
         urls[name] = value
     return ServiceUrls(**urls)

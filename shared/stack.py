@@ -160,9 +160,7 @@ def stop_process(proc_or_pid: subprocess.Popen | int, timeout: float = 20) -> No
 # --- valkey ------------------------------------------------------------------------------------
 
 
-def start_valkey(
-    data_dir: Path, port: int | None = None, log_path: Path | None = None
-) -> tuple[subprocess.Popen, str]:
+def start_valkey(data_dir: Path, port: int | None = None, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start valkey-server on 127.0.0.1 (a free port unless given), AOF on, data in data_dir.
 
     Returns the process (its own session) and the redis:// URL, once it answers PING.

@@ -13,7 +13,7 @@ The caller owns the transaction.
 import base64
 import secrets as random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -34,7 +34,9 @@ def new_secret() -> str:
 def ensure_secret(session: Session, tenant_id: uuid.UUID) -> str:
     """The current secret of the tenant, created if missing (safe under concurrent callers)."""
     session.execute(
-        update(Tenant).where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None)).values(webhook_secret=new_secret())
+        update(Tenant)
+        .where(Tenant.id == tenant_id, Tenant.webhook_secret.is_(None))
+        .values(webhook_secret=new_secret())
     )
     return session.execute(select(Tenant.webhook_secret).where(Tenant.id == tenant_id)).scalar_one()
 
@@ -68,7 +70,7 @@ def signed_headers(secrets: list[str], delivery_id: str, body: bytes, timestamp:
     """The Standard Webhooks headers for body, signed with every secret in secrets."""
     from standardwebhooks.webhooks import Webhook
 
-    stamp = timestamp or datetime.now(timezone.utc)
+    stamp = timestamp or datetime.now(UTC)
     signatures = [Webhook(secret).sign(delivery_id, stamp, body.decode()) for secret in secrets]
     return {
         "content-type": "application/json",

@@ -266,8 +266,15 @@ def mark_running(session, messages, batch_id: str, runtime: Runtime):
             model_version=func.coalesce(Job.model_version, runtime.model_version),  # reenroll: its target
         )
         .returning(
-            Job.id, Job.tenant_id, Job.kind, Job.subject_external_id, Job.top_k, Job.cropped,
-            Job.blob_keys, Job.callback_url, Job.attempts,
+            Job.id,
+            Job.tenant_id,
+            Job.kind,
+            Job.subject_external_id,
+            Job.top_k,
+            Job.cropped,
+            Job.blob_keys,
+            Job.callback_url,
+            Job.attempts,
         )  # fmt: skip
     ).all()
     items = []
@@ -402,7 +409,9 @@ def embed(items: list[WorkItem], runtime: Runtime, batch_id: str, preprocessing:
         _embed_group(pending, versions, runtime, batch_id, preprocessing or {})
 
 
-def _embed_group(pending: list[WorkItem], versions: tuple, runtime: Runtime, batch_id: str, preprocessing: dict) -> None:
+def _embed_group(
+    pending: list[WorkItem], versions: tuple, runtime: Runtime, batch_id: str, preprocessing: dict
+) -> None:
     images, cropped, slots = [], [], []
     for item in pending:
         item.faces = [None] * len(item.images)
@@ -678,9 +687,14 @@ def write_templates(session, item: WorkItem, model_version: str, templates: list
     ).scalar_one()
     rows = [
         {
-            "id": uuid.uuid4(), "tenant_id": item.tenant_id, "subject_id": subject_id,
-            "model_version": model_version, "embedding": np.asarray(descriptor, dtype=np.float32),
-            "source_job_id": item.job_id, "image_index": index, "image_key": key,
+            "id": uuid.uuid4(),
+            "tenant_id": item.tenant_id,
+            "subject_id": subject_id,
+            "model_version": model_version,
+            "embedding": np.asarray(descriptor, dtype=np.float32),
+            "source_job_id": item.job_id,
+            "image_index": index,
+            "image_key": key,
         }  # fmt: skip
         for index, descriptor, key in (item.outcome.templates if templates is None else templates)
     ]

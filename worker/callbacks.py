@@ -95,7 +95,9 @@ def _tls() -> ssl.SSLContext:
     return _ssl_context
 
 
-def post_pinned(target: Target, url: str, body: bytes, headers: dict, deadline_s: float, max_response_bytes: int) -> int:
+def post_pinned(
+    target: Target, url: str, body: bytes, headers: dict, deadline_s: float, max_response_bytes: int
+) -> int:
     """POST body to url through target's addresses; the 2xx status, or CallbackFailed."""
     deadline = time.monotonic() + deadline_s
     backend = _PinnedBackend(target, deadline)

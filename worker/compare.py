@@ -57,9 +57,7 @@ def verify(probe: np.ndarray, templates: np.ndarray) -> tuple[float, int]:
     return float(distances.min()), len(templates)
 
 
-def identify(
-    session: Session, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int
-) -> list[dict]:
+def identify(session: Session, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int) -> list[dict]:
     """The top_k subjects of tenant_id nearest to probe, each at its nearest template's distance."""
     vector = np.asarray(probe, dtype=np.float32)
     distance = func.min(Template.embedding.l2_distance(vector)).label("distance")

@@ -108,7 +108,9 @@ class Dispatcher:
                         continue
                     in_flight.add(pool.submit(self._attempt_and_release, row))
                 if in_flight:
-                    _, in_flight = wait(in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED)
+                    _, in_flight = wait(
+                        in_flight, timeout=settings.callback_poll_interval_s, return_when=FIRST_COMPLETED
+                    )
                 else:
                     stop.wait(settings.callback_poll_interval_s)
             wait(in_flight)

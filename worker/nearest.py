@@ -35,9 +35,7 @@ class Probe:
 
 Candidates = list[dict]
 
-_PROBES = (
-    "(SELECT CAST(u.v AS vector) AS v, u.ord FROM unnest(CAST(:probes AS text[])) WITH ORDINALITY AS u(v, ord)) p"
-)
+_PROBES = "(SELECT CAST(u.v AS vector) AS v, u.ord FROM unnest(CAST(:probes AS text[])) WITH ORDINALITY AS u(v, ord)) p"
 EXACT_SQL = f"""
 SELECT p.ord, c.external_id, c.distance FROM {_PROBES}
 CROSS JOIN LATERAL (
@@ -74,7 +72,9 @@ def index_settings(connection: Connection, ef_search: int) -> None:
     """For this transaction: custom plans (the partial index predicate is proven with the bound
     values) and the HNSW search breadth."""
     connection.execute(
-        text("SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('hnsw.ef_search', :ef, true)"),
+        text(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('hnsw.ef_search', :ef, true)"
+        ),
         {"ef": str(int(ef_search))},
     )
 

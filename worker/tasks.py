@@ -98,7 +98,9 @@ class JobBatches(Batches):
             requeue = lost and bool(self.app.conf.task_reject_on_worker_lost)
             if lost:
                 self._suspects().mark(job_ids(late))
-                log.error("batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue})
+                log.error(
+                    "batch process died; its jobs will run alone", extra={"requests": len(late), "requeued": requeue}
+                )
             else:
                 log.error("batch process failed", extra={"requests": len(late), "requeued": requeue})
             for request in late:

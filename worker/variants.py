@@ -178,6 +178,8 @@ class VersionBook:
             chosen, threshold = active[0].name, active[0].threshold
         else:
             chosen, threshold = self.default, self.default_threshold
-            servable.setdefault(chosen, VersionRow(chosen, "active", threshold, dict(PRESETS.get(chosen, BASE_PREPROCESSING))))
+            servable.setdefault(
+                chosen, VersionRow(chosen, "active", threshold, dict(PRESETS.get(chosen, BASE_PREPROCESSING)))
+            )
         candidates = tuple(v.name for v in servable.values() if v.status == "candidate" and v.name != chosen)
         return Plan(active=chosen, threshold=threshold, enroll=(chosen, *candidates), servable=servable)

@@ -73,8 +73,9 @@ def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: st
     cancelled = session.execute(
         update(Job)
         .where(*of_subject, Job.status.not_in(FINAL_STATUSES))
-        .values(status="failed", error_code=SUBJECT_DELETED, error_message="the subject was deleted",
-                finished_at=func.now())  # fmt: skip
+        .values(
+            status="failed", error_code=SUBJECT_DELETED, error_message="the subject was deleted", finished_at=func.now()
+        )  # fmt: skip
         .returning(Job.id)
     ).all()
     outbox.add(session, [job_id for (job_id,) in cancelled])  # their callbacks, in this transaction

@@ -20,7 +20,7 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,7 @@ def build(out: Path, faces: Path, small: bool = False) -> dict:
     np.savez_compressed(out / "chips.npz", **arrays)
     manifest = {
         "commit": commit(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "models_sha256": models,
         "chips": int(len(arrays["chips"])),
         "pairs": {s: int((arrays["pair_set"] == s).sum()) for s in ("lfw_colour", "lfw_view1")},

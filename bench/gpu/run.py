@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +45,12 @@ PLAN = (
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/gpu.sh", description="biofleet's face model on one device")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="the three dlib .dat files (default: the bundle's, else face-recognition-models')")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="the three dlib .dat files (default: the bundle's, else face-recognition-models')",
+    )
     p.add_argument("--chips", type=Path, default=BUNDLE / "chips.npz", help="chips, descriptors and pairs")
     p.add_argument("--images", type=Path, default=BUNDLE / "faces", help="lfw_colour/ and phone/ JPEGs")
     p.add_argument("--out", type=Path, default=None, help="default $OUT/gpu-<device>.json, else bench/results/")
@@ -107,7 +111,7 @@ def _version(module: str) -> str | None:
 def setup(device: torch.device, args: argparse.Namespace) -> dict:
     """What the run ran on: versions, the GPU, the numerics flags, the commit, the bundle."""
     info = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "argv": sys.argv[1:],
         "device": str(device),
         "python": platform.python_version(),
@@ -217,8 +221,11 @@ def main(argv=None) -> int:
             continue
         entry = run_stage(name, getattr(stages, name), ctx, share, least_s, deadline)
         report.add(entry)
-        print(f"   {name}: {entry['status']} in {entry['elapsed_s']} s {entry['error'] or entry['why'] or ''}",
-              file=sys.stderr, flush=True)
+        print(
+            f"   {name}: {entry['status']} in {entry['elapsed_s']} s {entry['error'] or entry['why'] or ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     report.data["flags_after"] = {
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,

@@ -150,8 +150,13 @@ def network(ctx: Context) -> dict:
     embed_precisions = precisions if ctx.cuda else ["fp32"]  # the service refuses fp16/bf16 on the CPU
     base = ctx.embedder()
     pixels_all = torch.from_numpy(chips).to(ctx.device).permute(0, 3, 1, 2)
-    figures = {"inputs": what, "precisions": precisions, "model": {p: {} for p in precisions},
-               "embed": {p: {} for p in embed_precisions}, "skipped_batches": []}
+    figures = {
+        "inputs": what,
+        "precisions": precisions,
+        "model": {p: {} for p in precisions},
+        "embed": {p: {} for p in embed_precisions},
+        "skipped_batches": [],
+    }
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
     def forward(pixels, precision):
@@ -172,11 +177,18 @@ def network(ctx: Context) -> dict:
             part(figures["model"][precision], str(batch), lambda: rate(timed(ctx, lambda: forward(pixels, precision))))
         for precision in embed_precisions:
             embedder = ctx.embedder(precision)
-            part(figures["embed"][precision], str(batch), lambda: rate(timed(ctx, lambda: embedder.embed(chips[:batch]))))
+            part(
+                figures["embed"][precision], str(batch), lambda: rate(timed(ctx, lambda: embedder.embed(chips[:batch])))
+            )
     figures["best"] = {
-        path: {p: max(({"batch": int(b), "faces_per_s": f["faces_per_s"]} for b, f in by.items()),
-                      key=lambda x: x["faces_per_s"], default=None)
-            for p, by in ((p, {b: f for b, f in by.items() if "faces_per_s" in f}) for p, by in figures[path].items())}
+        path: {
+            p: max(
+                ({"batch": int(b), "faces_per_s": f["faces_per_s"]} for b, f in by.items()),
+                key=lambda x: x["faces_per_s"],
+                default=None,
+            )
+            for p, by in ((p, {b: f for b, f in by.items() if "faces_per_s" in f}) for p, by in figures[path].items())
+        }
         for path in ("model", "embed")
     }
     return figures
@@ -198,8 +210,10 @@ def cudnn_benchmark(ctx: Context) -> dict:
             ctx.sync()
             first_ms = 1000 * (time.perf_counter() - start)
             t = timed(ctx, lambda: embedder.embed(shaped), warmup=1)
-            row["on" if flag else "off"] = t | {"first_call_ms": round(first_ms, 2),
-                                                 "faces_per_s": round(1000 * size / t["ms_median"], 1)}
+            row["on" if flag else "off"] = t | {
+                "first_call_ms": round(first_ms, 2),
+                "faces_per_s": round(1000 * size / t["ms_median"], 1),
+            }
         row["speedup_on_over_off"] = round(row["off"]["ms_median"] / row["on"]["ms_median"], 3)
         figures[str(size)] = row
     return figures
@@ -269,8 +283,13 @@ def _compare_boxes(a, b) -> dict:
     same_count = sum(len(x) == len(y) for x, y in zip(a, b))
     coords = [abs(p - q) for x, y in zip(a, b) if len(x) == len(y) for u, v in zip(x, y) for p, q in zip(u[:4], v[:4])]
     scores = [abs(u[4] - v[4]) for x, y in zip(a, b) if len(x) == len(y) for u, v in zip(x, y)]
-    return {"images": len(a), "same_box_count": same_count, "boxes": sum(map(len, a)),
-            "max_coordinate_difference": max(coords, default=0), "max_confidence_difference": max(scores, default=0.0)}
+    return {
+        "images": len(a),
+        "same_box_count": same_count,
+        "boxes": sum(map(len, a)),
+        "max_coordinate_difference": max(coords, default=0),
+        "max_confidence_difference": max(scores, default=0.0),
+    }
 
 
 def detector(ctx: Context) -> dict:
@@ -295,15 +314,22 @@ def detector(ctx: Context) -> dict:
         batches = [1, 8] if ctx.cuda else [1, 4]
     else:
         batches = [1, 8, 32, 64, 128, 256] if ctx.cuda else [1, 4, 8]
-    figures = {"inputs": f"{len(lfw)} lfw_colour photos 250x250, repeated", "max_batch_pixels": model.max_batch_pixels,
-               "batches": {}, "skipped_batches": []}
+    figures = {
+        "inputs": f"{len(lfw)} lfw_colour photos 250x250, repeated",
+        "max_batch_pixels": model.max_batch_pixels,
+        "batches": {},
+        "skipped_batches": [],
+    }
     for batch in batches:
         if ctx.left() < 0:
             figures["skipped_batches"].append(batch)
             continue
         images = [lfw[i % len(lfw)] for i in range(batch)]
-        part(figures["batches"], str(batch), lambda: counted(images) | {
-            "faces_per_image": sum(map(len, model.detect_many(images))) / len(images)})
+        part(
+            figures["batches"],
+            str(batch),
+            lambda: counted(images) | {"faces_per_image": sum(map(len, model.detect_many(images))) / len(images)},
+        )
     sample = lfw[:16]
     batched = model.detect_many(sample)
     part(figures, "batched_vs_one_at_a_time", lambda: _compare_boxes(batched, [model.detect(i) for i in sample]))
@@ -316,17 +342,28 @@ def detector(ctx: Context) -> dict:
     hd = [p for p in phones if "1920x1080" in p.name][:1]
     large = [p for p in phones if "4032x3024" in p.name][:1]
     mixed = lfw[:6] + _decoded(hd) + [np.asarray(Image.fromarray(lfw[6]).resize((500, 500)))]
-    part(figures, "mixed_batch", lambda: counted(mixed, repeats=min(ctx.repeats, 3), warmup=0) | {
-        "sizes": sorted({f"{m.shape[1]}x{m.shape[0]}" for m in mixed}),
-        "faces_found": sum(map(len, model.detect_many(mixed)))})
+    part(
+        figures,
+        "mixed_batch",
+        lambda: (
+            counted(mixed, repeats=min(ctx.repeats, 3), warmup=0)
+            | {
+                "sizes": sorted({f"{m.shape[1]}x{m.shape[0]}" for m in mixed}),
+                "faces_found": sum(map(len, model.detect_many(mixed))),
+            }
+        ),
+    )
     for label, paths in (("1080p", hd), ("12mp", large if not ctx.quick else [])):
         if not paths:
             figures[label] = "not in the quick run" if ctx.quick else "no such photo in the bundle"
             continue
         image = _decoded(paths)
         repeats = min(ctx.repeats, 3) if ctx.cuda or label == "1080p" else 1  # 12 MP: 9 s a run on 2 cores
-        part(figures, label, lambda: counted(image, repeats=repeats, warmup=0) | {
-            "faces_found": len(model.detect_many(image)[0])})
+        part(
+            figures,
+            label,
+            lambda: counted(image, repeats=repeats, warmup=0) | {"faces_found": len(model.detect_many(image)[0])},
+        )
     return figures
 
 
@@ -389,23 +426,36 @@ def pipeline(ctx: Context) -> dict:
         batches = [16]
     else:
         batches = [32, 64, 128] if ctx.cuda else [32, 64]
-    figures = {"inputs": f"{len(lfw)} lfw_colour JPEGs, repeated", "threads": threads, "batches": {},
-               "skipped_batches": []}
-    with FacePipeline(ctx.embedder(), detector, landmarker, max_pixels=MAX_PIXELS, threads=threads) as faces, \
-            ThreadPoolExecutor(max_workers=threads) as pool:
+    figures = {
+        "inputs": f"{len(lfw)} lfw_colour JPEGs, repeated",
+        "threads": threads,
+        "batches": {},
+        "skipped_batches": [],
+    }
+    with (
+        FacePipeline(ctx.embedder(), detector, landmarker, max_pixels=MAX_PIXELS, threads=threads) as faces,
+        ThreadPoolExecutor(max_workers=threads) as pool,
+    ):
 
         def one_batch(data: list[bytes]) -> dict:
             results = faces.process(data)
             t = timed(ctx, lambda: faces.process(data), repeats=min(ctx.repeats, 5), warmup=0)
-            return t | {"images_per_s": round(1000 * len(data) / t["ms_median"], 1), "ok": sum(r.ok for r in results),
-                        "stage_ms_per_image": _stage_times(ctx, faces, pool, data)}
+            return t | {
+                "images_per_s": round(1000 * len(data) / t["ms_median"], 1),
+                "ok": sum(r.ok for r in results),
+                "stage_ms_per_image": _stage_times(ctx, faces, pool, data),
+            }
 
         def phones(data: list[bytes]) -> dict:
             start = time.perf_counter()
             results = faces.process(data)
             ctx.sync()
-            return {"images": len(data), "ok": sum(r.ok for r in results), "bytes": [len(d) for d in data],
-                    "ms_per_image": round(1000 * (time.perf_counter() - start) / len(data), 1)}
+            return {
+                "images": len(data),
+                "ok": sum(r.ok for r in results),
+                "bytes": [len(d) for d in data],
+                "ms_per_image": round(1000 * (time.perf_counter() - start) / len(data), 1),
+            }
 
         for batch in batches:
             if ctx.left() < 0:
@@ -424,16 +474,24 @@ def _headline(stage: dict) -> str:
     if stage["status"] != "ok" and not f:
         return stage["error"] or stage["why"] or ""
     if stage["name"] == "network":
-        return ", ".join(f"{p} {b['faces_per_s']:.0f} faces/s at {b['batch']}" for p, b in f["best"]["embed"].items() if b)
+        return ", ".join(
+            f"{p} {b['faces_per_s']:.0f} faces/s at {b['batch']}" for p, b in f["best"]["embed"].items() if b
+        )
     if stage["name"] == "cudnn_benchmark":
         return ", ".join(f"batch {k}: on/off x{v['speedup_on_over_off']}" for k, v in f.items() if isinstance(v, dict))
     if stage["name"] == "agreement":
-        low = ", ".join(f"{k.split('_')[0]} max {v['max_abs']:.1e}, {v['decision_flips_at_0.6']} flips"
-                        for k, v in f.items() if k in ("fp16_vs_cpu_fp32", "bf16_vs_cpu_fp32"))
+        low = ", ".join(
+            f"{k.split('_')[0]} max {v['max_abs']:.1e}, {v['decision_flips_at_0.6']} flips"
+            for k, v in f.items()
+            if k in ("fp16_vs_cpu_fp32", "bf16_vs_cpu_fp32")
+        )
         return f"fp32 vs dlib {f['max_abs_vs_dlib']:.1e}; {low}"
     if stage["name"] == "detector":
-        return ", ".join(f"b{b} {v['images_per_s']:.0f} img/s ({v['forward_passes']} passes)"
-                         for b, v in f["batches"].items() if "images_per_s" in v)
+        return ", ".join(
+            f"b{b} {v['images_per_s']:.0f} img/s ({v['forward_passes']} passes)"
+            for b, v in f["batches"].items()
+            if "images_per_s" in v
+        )
     if stage["name"] == "pipeline":
         return ", ".join(f"b{b} {v['images_per_s']:.1f} img/s" for b, v in f["batches"].items() if "images_per_s" in v)
     return ""
@@ -454,4 +512,3 @@ def print_table(data: dict) -> None:
     for row in rows:
         table.add_row(*row)
     Console(width=160).print(table)
-

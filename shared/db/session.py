@@ -18,7 +18,7 @@ def normalise_url(url: str) -> str:
     """postgresql:// and postgres:// URLs -> postgresql+psycopg:// (psycopg 3); others unchanged."""
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain):]
+            return "postgresql+psycopg://" + url[len(plain) :]
     return url
 
 

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import uuid
-from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -106,9 +105,7 @@ def small_client(services):
 # --- auth ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/jobs/" + str(uuid.uuid4()), "/v1/subjects/someone", "/v1/identifications"]
-)
+@pytest.mark.parametrize("path", ["/v1/jobs/" + str(uuid.uuid4()), "/v1/subjects/someone", "/v1/identifications"])
 def test_no_key_is_401(api_client, path):
     method = api_client.post if path == "/v1/identifications" else api_client.get
     response = method(path)
@@ -294,8 +291,14 @@ def add_subject(services, key: str, subject_id: str, templates: int = 0) -> None
         tenant_id = tenant_for_key(session, key)
         session.execute(
             insert(ModelVersion)
-            .values(name="api-test-model", architecture="test", weights_sha256="0" * 64, preprocessing={},
-                    threshold=0.6, status="active")  # fmt: skip
+            .values(
+                name="api-test-model",
+                architecture="test",
+                weights_sha256="0" * 64,
+                preprocessing={},
+                threshold=0.6,
+                status="active",
+            )  # fmt: skip
             .on_conflict_do_nothing()
         )
         subject = Subject(tenant_id=tenant_id, external_id=subject_id)
@@ -532,9 +535,9 @@ def test_metrics(services, redis_client, tenants):
     from shared.settings import get_settings
 
     with TestClient(create_app(get_settings().model_copy(update={"metrics_route": True}))) as client:
-        job_id = client.post(
-            "/v1/identifications", json={"image": b64(png(14))}, headers=auth(tenants["a"])
-        ).json()["id"]
+        job_id = client.post("/v1/identifications", json={"image": b64(png(14))}, headers=auth(tenants["a"])).json()[
+            "id"
+        ]
         client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth("bf_not-a-key"))
         text = client.get("/metrics").text
     take_message(redis_client, "identify", job_id)

@@ -61,7 +61,9 @@ def outbox_rows(services, job_ids) -> list:
 
     with session_scope(services.database_url) as session:
         return list(
-            session.scalars(select(CallbackDelivery).where(CallbackDelivery.job_id.in_([uuid.UUID(str(j)) for j in job_ids])))
+            session.scalars(
+                select(CallbackDelivery).where(CallbackDelivery.job_id.in_([uuid.UUID(str(j)) for j in job_ids]))
+            )
         )
 
 
@@ -173,14 +175,18 @@ class Trickler:
 def loopback_api(api_client, monkeypatch):
     """The API client, with loopback callback URLs allowed."""
     backends = api_client.app.state.backends
-    monkeypatch.setattr(backends, "settings", backends.settings.model_copy(update={"callback_allowed_networks": LOOPBACK}))
+    monkeypatch.setattr(
+        backends, "settings", backends.settings.model_copy(update={"callback_allowed_networks": LOOPBACK})
+    )
     return api_client
 
 
 def submit_verify(client, key: str, subject: str, callback_url: str, shade: int = 180) -> str:
     image = base64.b64encode(blank_png(shade)).decode()
     response = client.post(
-        "/v1/verifications", json={"subject_id": subject, "image": image, "callback_url": callback_url}, headers=auth(key)
+        "/v1/verifications",
+        json={"subject_id": subject, "image": image, "callback_url": callback_url},
+        headers=auth(key),
     )
     assert response.status_code == 202, response.text
     return response.json()["id"]
@@ -415,7 +421,9 @@ def test_a_slow_receiver_slows_only_its_own_tenant(services, make_key, loopback_
         assert fast.forged == 0 and len(fast.by_id) == 5
         assert held_while_fast and min(held_while_fast) >= 1, held_while_fast  # the slow ones still held
 
-        wait_until(lambda: all(r.status == "failed" for r in outbox_rows(services, slow_jobs)), "the slow rows given up")
+        wait_until(
+            lambda: all(r.status == "failed" for r in outbox_rows(services, slow_jobs)), "the slow rows given up"
+        )
         rows = outbox_rows(services, slow_jobs)
         assert {r.last_error for r in rows} == {"the receiver did not answer within the deadline"}
         assert trickler.most == 2  # the per-tenant cap

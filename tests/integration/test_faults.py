@@ -55,8 +55,9 @@ def broker(services, tmp_path_factory):
 @pytest.fixture(scope="module")
 def publisher(broker):
     """A Celery app configured as the API's, on this module's broker."""
-    import celeryconfig
     from celery import Celery
+
+    import celeryconfig
 
     app = Celery("biofleet-faults", set_as_current=False)
     app.config_from_object(celeryconfig)
@@ -312,7 +313,9 @@ def test_poison_pickle_and_stranded_jobs(services, broker, publisher, workers, f
     stranded = queue_enrollments(services, publisher, faces_dir, 1, publish=False)
     with session_scope(services.database_url) as session:
         session.execute(
-            update(Job).where(Job.id == uuid.UUID(stranded[0])).values(submitted_at=Job.submitted_at - timedelta(hours=1))
+            update(Job)
+            .where(Job.id == uuid.UUID(stranded[0]))
+            .values(submitted_at=Job.submitted_at - timedelta(hours=1))
         )
     worker = workers(batch_size=4, sweep_after_s=5, sweep_interval_s=1)
     assert_each_applied_once(services, good + stranded, [worker])
@@ -374,7 +377,9 @@ def test_a_job_that_kills_its_process_fails_alone(services, publisher, workers, 
     neighbours = []
     for _ in range(3):  # three other tenants
         neighbours += queue_enrollments(services, publisher, faces_dir, 2, publish=False)
-    killer = queue_enrollments(services, publisher, faces_dir, 1, publish=False, image_of=lambda _: killer_jpeg(faces_dir))
+    killer = queue_enrollments(
+        services, publisher, faces_dir, 1, publish=False, image_of=lambda _: killer_jpeg(faces_dir)
+    )
     job_ids = neighbours[:3] + killer + neighbours[3:]
     _publish_again(services, publisher, job_ids)
     worker = workers(batch_size=len(job_ids), flush_interval_ms=3000, crash_marker=CRASH_MARKER)

@@ -306,7 +306,7 @@ def test_reenroll_moves_every_subject_while_verifications_keep_succeeding(
 
 
 def lose_images(services, tenant: uuid.UUID) -> None:
-    """"expired": its stored images deleted from the blob store (as retention would);
+    """ "expired": its stored images deleted from the blob store (as retention would);
     "erased": its templates no longer name a retained image."""
     from sqlalchemy import select, update
 

@@ -46,7 +46,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def png_declaring(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def hostile_images(faces_dir) -> dict[str, tuple[bytes, set[str]]]:
@@ -56,7 +61,7 @@ def hostile_images(faces_dir) -> dict[str, tuple[bytes, set[str]]]:
     face = Image.open(io.BytesIO(real)).convert("RGB")
     exif = Image.Exif()
     exif[0x010E] = "x" * 60_000
-    grey16 = Image.fromarray((np.asarray(face.convert("L"), dtype=np.uint16) * 257))
+    grey16 = Image.fromarray(np.asarray(face.convert("L"), dtype=np.uint16) * 257)
     frames = [face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     gif = io.BytesIO()
     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -163,7 +168,9 @@ def fuzz_key(make_key, services, redis_client):
     drain_tenant_messages(redis_client, {tenant_of(services, key)})
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(
     data=st.one_of(
         st.binary(min_size=1, max_size=2048),
@@ -175,7 +182,9 @@ def test_random_and_mutated_bytes_at_the_api(api_client, fuzz_key, data, as_mult
     """The API takes any non-empty bytes as an image (the worker decides) and never answers 5xx."""
     if isinstance(data, tuple):
         if not MUTATION_SEEDS:
-            MUTATION_SEEDS.extend([real_face_jpeg(), encode(Image.new("RGB", (40, 40)), "PNG"), png_declaring(300, 300)])
+            MUTATION_SEEDS.extend(
+                [real_face_jpeg(), encode(Image.new("RGB", (40, 40)), "PNG"), png_declaring(300, 300)]
+            )
         seed, flips = data
         mutated = bytearray(MUTATION_SEEDS[seed])
         for position, value in flips:

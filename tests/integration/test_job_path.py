@@ -231,7 +231,9 @@ def test_batches_form_from_a_backlog(api_client, make_key, start_worker, faces_d
     start_worker(batch_size=16)
     jobs = wait_final(api_client, key, job_ids)
 
-    assert all(job["status"] == "succeeded" for job in jobs.values()), [j for j in jobs.values() if j["status"] != "succeeded"][:2]
+    assert all(job["status"] == "succeeded" for job in jobs.values()), [
+        j for j in jobs.values() if j["status"] != "succeeded"
+    ][:2]
     sizes = Counter(job["batch_id"] for job in jobs.values())
     assert max(sizes.values()) > 1, sizes
     assert len(sizes) < 64
@@ -348,7 +350,9 @@ def test_the_same_message_twice_is_applied_once(services, make_key, pipeline, fa
     runtime = make_runtime(services, pipeline, recorder)
     tenant = tenant_id(services, make_key)
     images = [face(faces_dir, PERSON_B, n) for n in (4, 5)]
-    job_id, delivery = queue_job(services, tenant, "enroll", images, subject="idem", callback_url="http://127.0.0.1:9/x")
+    job_id, delivery = queue_job(
+        services, tenant, "enroll", images, subject="idem", callback_url="http://127.0.0.1:9/x"
+    )
 
     first = run_batch([delivery, delivery], runtime)  # a duplicate inside one batch, too
     assert first.finished == {job_id: "succeeded"}

@@ -194,7 +194,9 @@ def test_index_after_reenrollment_and_version_switch(services, galleries):
         added = add_templates(session, galleries["big"], V2, newcomer, rng, "new")
     found = search(services, [Probe(galleries["big"], V2, newcomer[0], 3)])[0]
     assert found[0]["subject_id"] == "new00000"
-    assert found[0]["distance"] == pytest.approx(float(np.linalg.norm(added["new00000"] - newcomer[0], axis=1).min()), abs=1e-5)
+    assert found[0]["distance"] == pytest.approx(
+        float(np.linalg.norm(added["new00000"] - newcomer[0], axis=1).min()), abs=1e-5
+    )
 
     engine = get_engine(services.database_url)
     with session_scope(services.database_url) as session:
@@ -237,7 +239,9 @@ def test_identify_jobs_through_the_index_match_the_exact_scan(services, api_clie
     rng = np.random.default_rng(5)
     with session_scope(services.database_url) as session:
         tenant = get_or_create_tenant(session, name)
-        real = np.array([t.embedding for t in session.query(Template).filter_by(tenant_id=tenant, model_version=version)])
+        real = np.array(
+            [t.embedding for t in session.query(Template).filter_by(tenant_id=tenant, model_version=version)]
+        )
         directions = rng.normal(size=(300, 128))
         centres = real[rng.integers(0, len(real), 300)] + 0.8 * directions / np.linalg.norm(directions, axis=1)[:, None]
         add_templates(session, tenant, version, centres, rng, "synthetic")

@@ -10,7 +10,7 @@ import re
 import socket
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -63,7 +63,7 @@ def add_job(services, tenant_id, kind, status, subject=None, images=1, age=timed
     blobs = open_blob_store(services.blob_url)
     for key in keys:
         blobs.put(key, b"stored image bytes")
-    submitted = datetime.now(timezone.utc) - age
+    submitted = datetime.now(UTC) - age
     with session_scope(services.database_url) as session:
         session.add(Job(id=job_id, tenant_id=tenant_id, kind=kind, status=status, subject_external_id=subject,
                         blob_keys=keys, attempts=1, submitted_at=submitted,
@@ -148,7 +148,9 @@ def test_allowed_network_is_accepted_and_the_dispatcher_checks_again(services, m
     key = make_key(f"cb-{uuid.uuid4().hex[:8]}")
     with app_client(callback_allowed_networks="127.0.0.0/8") as client:
         response = client.post(
-            "/v1/identifications", json={"image": b64(png(2)), "callback_url": "http://127.0.0.1:9/h"}, headers=auth(key)
+            "/v1/identifications",
+            json={"image": b64(png(2)), "callback_url": "http://127.0.0.1:9/h"},
+            headers=auth(key),
         )
     assert response.status_code == 202
     job_id = uuid.UUID(response.json()["id"])

@@ -6,6 +6,7 @@ import base64
 import io
 import time
 import uuid
+from datetime import UTC
 
 import pytest
 from PIL import Image
@@ -74,7 +75,7 @@ def final(client, key: str, job_id: str) -> bool:
 def check_autoscale_commands(expected: dict[str, int]) -> None:
     """`biofleet autoscale desired` and `publish --cloudwatch --once` (into moto) on the live depth."""
     import json
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from click.testing import CliRunner
 
@@ -95,7 +96,7 @@ def check_autoscale_commands(expected: dict[str, int]) -> None:
         import boto3
 
         client = boto3.client("cloudwatch")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         window = dict(StartTime=now - timedelta(minutes=5), EndTime=now + timedelta(minutes=5), Period=60,
                       Statistics=["Maximum"], Namespace="biofleet")  # fmt: skip
         for queue, depth in expected.items():
@@ -149,8 +150,10 @@ def test_depth_counts_waiting_and_reserved_messages(api_client, make_key, start_
             paused.append(process)
         more = [submit_identify(api_client, key, image) for _ in range(prefetch + 5 - len(held))]
         wait_until(
-            lambda: reserved_counts(redis_client)["identify"] == prefetch
-            and waiting_counts(redis_client)["identify"] == len(held) + len(more) - prefetch,
+            lambda: (
+                reserved_counts(redis_client)["identify"] == prefetch
+                and waiting_counts(redis_client)["identify"] == len(held) + len(more) - prefetch
+            ),
             "the worker to fill its prefetch",
         )
         enrolls = [submit_enroll(api_client, key, image) for _ in range(2)]

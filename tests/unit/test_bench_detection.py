@@ -38,4 +38,3 @@ def test_print_tables_shows_the_detection_table(capsys):
     out = capsys.readouterr().out
     assert "face detection" in out and "dlib cnn upsample0" in out
     assert "port (cpu) upsample0 batch8" in out and "80" in out  # 1000 / 12.5 images/s
-

@@ -74,8 +74,14 @@ def test_peak_rss_sees_this_process():
 
 def test_load_plot_writes_a_png(tmp_path):
     steps = [
-        {"rate": r, "submit_p50_s": 0.02, "submit_p99_s": 0.05, "completion_p50_s": 0.2,
-         "completion_p95_s": p95, "completion_p99_s": p95}
+        {
+            "rate": r,
+            "submit_p50_s": 0.02,
+            "submit_p99_s": 0.05,
+            "completion_p50_s": 0.2,
+            "completion_p95_s": p95,
+            "completion_p99_s": p95,
+        }
         for r, p95 in ((2, 0.3), (5, 0.8), (10, math.inf))
     ]
     path = plot({"steps": steps}, tmp_path / "load.png")

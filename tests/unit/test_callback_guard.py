@@ -30,7 +30,8 @@ def test_the_allow_list_lets_a_network_through():
 
 
 @pytest.mark.parametrize(
-    "url", ["http://127.0.0.1:8080/x", "https://[::1]/x", "http://169.254.169.254/latest/meta-data", "http://localhost/x"]
+    "url",
+    ["http://127.0.0.1:8080/x", "https://[::1]/x", "http://169.254.169.254/latest/meta-data", "http://localhost/x"],
 )
 def test_urls_into_private_networks_are_refused(url):
     with pytest.raises(CallbackRefused):
@@ -46,9 +47,7 @@ def test_allowed_loopback_passes_and_unresolvable_hosts_depend_on_strictness():
         check_callback_url("https://no-such-host.invalid/hook", [])
 
 
-@pytest.mark.parametrize(
-    "address", ["100.64.0.1", "100.100.100.200", "100.127.255.254", "198.18.0.1", "240.0.0.1"]
-)
+@pytest.mark.parametrize("address", ["100.64.0.1", "100.100.100.200", "100.127.255.254", "198.18.0.1", "240.0.0.1"])
 def test_addresses_that_are_not_globally_routable_are_blocked(address):
     """Shared address space (100.64.0.0/10, where one cloud serves its metadata at 100.100.100.200),
     benchmarking and reserved ranges are not private, but not global either."""

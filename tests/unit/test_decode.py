@@ -256,7 +256,9 @@ def test_working_size_follows_exif_rotation():
     small = decode_working(data, LIMIT, 1000)
     assert small.pixels.shape == (1000, 250, 3)
     assert (small.width, small.height) == (1000, 4000)
-    assert small.pixels.shape[1] * small.scale_x == pytest.approx(1000) and small.pixels.shape[0] * small.scale_y == pytest.approx(4000)
+    assert small.pixels.shape[1] * small.scale_x == pytest.approx(1000) and small.pixels.shape[
+        0
+    ] * small.scale_y == pytest.approx(4000)
     assert working_pixels(data, 1000) == 250_000
 
 

@@ -56,33 +56,33 @@ def test_bool_and_string():
 
 def test_tensor_version_2_is_raw_float32():
     values = np.arange(6, dtype="<f4")
-    data = bytes.fromhex("0102" "0101" "0102" "0103" "0101") + values.tobytes()
+    data = bytes.fromhex("01020101010201030101") + values.tobytes()
     t = Reader(data).tensor()
     assert t.shape == (1, 2, 3, 1) and t.dtype == np.float32
     np.testing.assert_array_equal(t.reshape(-1), values)
 
 
 def test_tensor_version_1_is_encoded_floats():
-    data = bytes.fromhex("0101" "0101" "0102" "0101" "0101" "01108104" "81108104")
+    data = bytes.fromhex("010101010102010101010110810481108104")
     np.testing.assert_array_equal(Reader(data).tensor().reshape(-1), [1.0, -1.0])
 
 
 def test_alias_tensor_and_matrix():
-    assert reader("0101" "0120" "0103" "0107" "0107").alias_tensor() == (32, 3, 7, 7)
+    assert reader("01010120010301070107").alias_tensor() == (32, 3, 7, 7)
     # -2 x -1 matrix of 1.0, 0.0
-    m = reader("8102" "8101" "01108104" "0100010b").matrix()
+    m = reader("81028101011081040100010b").matrix()
     np.testing.assert_array_equal(m, [[1.0], [0.0]])
 
 
 def test_sequence_and_plain_layers():
-    assert reader("0103" "0101" "0196" "810a").sequence(Reader.int) == [1, 150, -10]
+    assert reader("010301010196810a").sequence(Reader.int) == [1, 150, -10]
     assert read_layer(Reader(bytes.fromhex("0105") + b"relu_")) == Plain("relu_")
     with pytest.raises(WeightsFormatError, match="unsupported layer 'bn_con2'.*offset 0"):
         read_layer(Reader(bytes.fromhex("0107") + b"bn_con2"))
 
 
 def test_errors_name_the_offset():
-    r = reader("0196" "0401")
+    r = reader("01960401")
     assert r.int() == 150
     with pytest.raises(WeightsFormatError, match=r"truncated.*offset 2\)") as error:
         r.int()  # wants 4 magnitude bytes, 1 left

@@ -85,4 +85,3 @@ def test_worker_image_is_cuda_and_bakes_the_weights_it_loads(tmp_path):
     baked = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.endswith(".pt") for n in baked) and any(n.endswith(".shape.npz") for n in baked), baked
     assert "BIOFLEET_DETECTOR=cnn" in env
-

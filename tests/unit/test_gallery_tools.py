@@ -108,7 +108,9 @@ def test_state_file_keeps_the_last_status_and_counts_failures(tmp_path):
 
 def test_idempotency_key_follows_subject_images_and_attempt():
     subject = SubjectSource("alice", ["/x/alice/1.jpg", "/x/alice/2.jpg"])
-    assert idempotency_key(subject, 0) == idempotency_key(SubjectSource("alice", ["/y/alice/1.jpg", "/y/alice/2.jpg"]), 0)
+    assert idempotency_key(subject, 0) == idempotency_key(
+        SubjectSource("alice", ["/y/alice/1.jpg", "/y/alice/2.jpg"]), 0
+    )
     assert idempotency_key(subject, 0) != idempotency_key(subject, 1)
     assert idempotency_key(subject, 0) != idempotency_key(SubjectSource("alice", ["/x/alice/1.jpg"]), 0)
 
@@ -119,7 +121,10 @@ def test_list_subjects_takes_image_folders_and_the_first_samples(tmp_path):
         for file in files:
             (tmp_path / name / file).write_bytes(b"x")
     found = list_subjects(str(tmp_path), samples=1)
-    assert [(s.subject_id, [p.rsplit("/", 1)[1] for p in s.images]) for s in found] == [("amy", ["a.jpg"]), ("bob", ["1.png"])]
+    assert [(s.subject_id, [p.rsplit("/", 1)[1] for p in s.images]) for s in found] == [
+        ("amy", ["a.jpg"]),
+        ("bob", ["1.png"]),
+    ]
 
 
 def test_s3_subjects_are_listed_by_folder(monkeypatch):

@@ -33,8 +33,23 @@ def bundle(faces_dir, tmp_path_factory) -> Path:
 @pytest.mark.faces
 def test_quick_run_has_every_stage_ok(bundle, tmp_path):
     out = tmp_path / "gpu.json"
-    done = run(["--device", "cpu", "--quick", "--threads", "2", "--models-dir", bundle / "models",
-                "--chips", bundle / "chips.npz", "--images", bundle / "faces", "--out", out])
+    done = run(
+        [
+            "--device",
+            "cpu",
+            "--quick",
+            "--threads",
+            "2",
+            "--models-dir",
+            bundle / "models",
+            "--chips",
+            bundle / "chips.npz",
+            "--images",
+            bundle / "faces",
+            "--out",
+            out,
+        ]
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     data = json.loads(out.read_text())
     assert data["finished"] and data["setup"]["device"] == "cpu" and data["setup"]["torch"]
@@ -52,15 +67,33 @@ def test_quick_run_has_every_stage_ok(bundle, tmp_path):
     assert figures["detector"]["batches"]["4"]["forward_passes"] == 1
     assert figures["detector"]["1080p"]["faces_found"] >= 1
     assert figures["pipeline"]["batches"]["16"]["ok"] == 16
-    assert set(figures["pipeline"]["batches"]["16"]["stage_ms_per_image"]) == {"decode", "detect", "landmarks", "align", "embed"}
+    assert set(figures["pipeline"]["batches"]["16"]["stage_ms_per_image"]) == {
+        "decode",
+        "detect",
+        "landmarks",
+        "align",
+        "embed",
+    }
     assert figures["pipeline"]["phone_photos"]["ok"] == 1
     assert "network" in done.stdout and f"wrote {out}" in done.stdout
 
 
 def test_failed_stages_keep_the_json_under_out(tmp_path):
     """No models: every stage fails on its own, and the JSON is still written, to $OUT."""
-    done = run(["--device", "cpu", "--quick", "--models-dir", tmp_path / "none", "--chips", tmp_path / "none.npz",
-                "--images", tmp_path], OUT=str(tmp_path))
+    done = run(
+        [
+            "--device",
+            "cpu",
+            "--quick",
+            "--models-dir",
+            tmp_path / "none",
+            "--chips",
+            tmp_path / "none.npz",
+            "--images",
+            tmp_path,
+        ],
+        OUT=str(tmp_path),
+    )
     assert done.returncode == 1, done.stderr[-4000:]
     data = json.loads((tmp_path / "gpu-cpu.json").read_text())
     assert [s["name"] for s in data["stages"]] == STAGES and data["finished"]
@@ -84,5 +117,7 @@ def test_a_failed_part_keeps_the_other_figures():
     part(figures["batches"], "1", lambda: {"ms_median": 1.0})
     part(figures["batches"], "2048", lambda: 1 / 0)
     assert figures["batches"]["1"] == {"ms_median": 1.0}
-    assert figures["batches"]["2048"]["status"] == "failed" and "ZeroDivisionError" in figures["batches"]["2048"]["error"]
+    assert (
+        figures["batches"]["2048"]["status"] == "failed" and "ZeroDivisionError" in figures["batches"]["2048"]["error"]
+    )
     assert failed_parts(figures) == ["batches.2048"]

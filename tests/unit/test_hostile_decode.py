@@ -25,7 +25,12 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_declaring(width: int, height: int) -> bytes:
     """A PNG header declaring width x height, with a few bytes of (far too little) pixel data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def jpeg(size=(64, 48), **save) -> bytes:

@@ -100,20 +100,33 @@ SCALED_OBJECT_SCHEMA = {
                     "type": "object",
                     "required": ["name"],
                     "additionalProperties": False,
-                    "properties": {k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")},
+                    "properties": {
+                        k: {"type": "string"} for k in ("apiVersion", "kind", "name", "envSourceContainerName")
+                    },
                 },
                 "fallback": {
                     "type": "object",
                     "required": ["failureThreshold", "replicas"],
                     "additionalProperties": False,
-                    "properties": {"failureThreshold": {"type": "integer", "minimum": 1},
-                                   "replicas": {"type": "integer", "minimum": 0},
-                                   "behavior": {"enum": ["static", "currentReplicas",
-                                                         "currentReplicasIfHigher", "currentReplicasIfLower"]}},
+                    "properties": {
+                        "failureThreshold": {"type": "integer", "minimum": 1},
+                        "replicas": {"type": "integer", "minimum": 0},
+                        "behavior": {
+                            "enum": ["static", "currentReplicas", "currentReplicasIfHigher", "currentReplicasIfLower"]
+                        },
+                    },
                 },  # fmt: skip
-                **{k: {"type": "integer", "minimum": 0} for k in (
-                    "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount",
-                    "minReplicaCount", "maxReplicaCount")},  # fmt: skip
+                **{
+                    k: {"type": "integer", "minimum": 0}
+                    for k in (
+                        "pollingInterval",
+                        "cooldownPeriod",
+                        "initialCooldownPeriod",
+                        "idleReplicaCount",
+                        "minReplicaCount",
+                        "maxReplicaCount",
+                    )
+                },  # fmt: skip
                 "advanced": {
                     "type": "object",
                     "additionalProperties": False,

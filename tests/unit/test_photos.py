@@ -102,8 +102,8 @@ def test_reduced_decode_gives_the_boxes_of_the_full_decode(parts, faces_dir, nam
     picture, crop = place(source(faces_dir, name), frame, face_px, 7)
     data = encode(picture, "JPEG", 90)
     with variant(parts, detect_max_side=480) as reduced, variant(parts, detect_max_side=8192) as whole:
-        small, = reduced.process([data])
-        full, = whole.process([data])
+        (small,) = reduced.process([data])
+        (full,) = whole.process([data])
     assert small.ok and full.ok
     a, b = corners(small.box), corners(full.box)
     width = b[2] - b[0]
@@ -136,11 +136,11 @@ def test_12mp_photo_matches_its_250_crop_in_bounded_memory(parts, faces_dir):
     data = encode(picture, "JPEG", 90)
     del picture
     with variant(parts) as pipeline:
-        crop_result, = pipeline.process([encode(face, "JPEG", 95)])
+        (crop_result,) = pipeline.process([encode(face, "JPEG", 95)])
         pipeline.process([data])  # warm
         tracemalloc.start()
         try:
-            result, = pipeline.process([data])
+            (result,) = pipeline.process([data])
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

@@ -196,6 +196,8 @@ def test_large_photo_is_processed_at_the_working_size(faces_dir, pipeline):
         big = working.process([data])[0]
     alone = pipeline.process([encode(face.resize((250, 250)), "PNG")])[0]
     assert big.ok and alone.ok
-    assert 2500 <= big.box.left < big.box.right <= 3750 and 1500 <= big.box.top < big.box.bottom <= 2750  # full-size coordinates
+    assert (
+        2500 <= big.box.left < big.box.right <= 3750 and 1500 <= big.box.top < big.box.bottom <= 2750
+    )  # full-size coordinates
     assert ((big.landmarks >= (2500, 1500)) & (big.landmarks <= (3750, 2750))).all()
     assert distance(big, alone) < 0.3  # the same person, from fewer pixels

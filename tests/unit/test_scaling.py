@@ -1,7 +1,7 @@
 """Desired replica count, the CloudWatch publisher (in moto) and the scaling simulator."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -70,7 +70,7 @@ def aws(monkeypatch):
 
 
 def _latest(client, name: str, dimensions: list[dict]) -> float:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     points = client.get_metric_statistics(
         Namespace="biofleet",
         MetricName=name,

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shared.settings import get_settings
-from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
 from shared.webhooks import new_secret, signed_headers
+from worker.batch import BatchReport, Delivery, WorkItem, enroll_outcome, is_transient, parse
 from worker.callbacks import backoff_s
 from worker.compare import verify
 from worker.face.types import FaceResult

@@ -9,12 +9,12 @@ the rectangle is at most twice the chip, then one batched bilinear grid_sample
 the image are black. Within 1 grey level of dlib on average (float sums, not dlib's integers).
 """
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from worker.face.align import plan_chip
+
 
 def _pyramid_down(image: torch.Tensor) -> torch.Tensor:
     """dlib's pyramid_down<2> on (C, H, W) float values 0..255: ((H-3)//2, (W-3)//2) output

@@ -496,7 +496,7 @@ class PyramidInput:
 
 
 def read_pyramid_input(reader: Reader) -> PyramidInput:
-    """"input_rgb_image_pyramid" (paddings 10 and 11 implied) or "...pyramid2" (paddings stored)."""
+    """ "input_rgb_image_pyramid" (paddings 10 and 11 implied) or "...pyramid2" (paddings stored)."""
     start = reader.offset
     name = reader.string("input layer name")
     if name not in ("input_rgb_image_pyramid", "input_rgb_image_pyramid2"):

@@ -41,7 +41,12 @@ class Embedder:
     """The face-recognition network on one device, loaded once per worker process."""
 
     def __init__(
-        self, model: FaceResNet, weights_sha256: str, device: torch.device, precision: str, cudnn_benchmark: bool = False
+        self,
+        model: FaceResNet,
+        weights_sha256: str,
+        device: torch.device,
+        precision: str,
+        cudnn_benchmark: bool = False,
     ):
         self.model = model
         self.weights_sha256 = weights_sha256

@@ -138,9 +138,9 @@ def pyramid_layout(
     while i < len(sizes):  # the second column, bottom-up, right-aligned
         h, w = sizes[i]
         tile = Tile(y - h, outer_padding + first_w - w, h, w)
-        overlaps = max(tile.left, first.left) <= min(tile.right, first.right) and max(
-            tile.top, first.top
-        ) <= min(tile.bottom, first.bottom)
+        overlaps = max(tile.left, first.left) <= min(tile.right, first.right) and max(tile.top, first.top) <= min(
+            tile.bottom, first.bottom
+        )
         if overlaps:  # dlib drops the levels that would overlap the image itself
             break
         tiles.append(tile)

@@ -107,7 +107,10 @@ def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.n
     h, w = source.pixels.shape[:2]
     margin = 0.05 * side + 4
     left, top = max(0, math.floor(corners[:, 0].min() - margin)), max(0, math.floor(corners[:, 1].min() - margin))
-    right, bottom = min(w, math.ceil(corners[:, 0].max() + margin) + 1), min(h, math.ceil(corners[:, 1].max() + margin) + 1)
+    right, bottom = (
+        min(w, math.ceil(corners[:, 0].max() + margin) + 1),
+        min(h, math.ceil(corners[:, 1].max() + margin) + 1),
+    )
     if left >= right or top >= bottom:
         return source, landmarks
     factor = CHIP_SIZE / side
@@ -125,6 +128,7 @@ def _shrink_to_chip(source: Region, landmarks: np.ndarray) -> tuple[Region, np.n
 def _scale_box(box: Box, work: Working, region: Region) -> Box:
     """A working-copy box -> the same box in a region's pixels (not clipped: the predictor reads
     around it either way)."""
+
     def x(v: float) -> int:
         return round(((v + 0.5) * work.scale_x - 0.5 - region.left) / region.scale_x)
 
@@ -338,13 +342,15 @@ class FacePipeline:
         except Exception as error:
             if not out_of_memory(error):
                 raise
-            log.warning("CUDA out of memory in batched detection; splitting the batch in halves",
-                        extra={"images": len(batch)})
+            log.warning(
+                "CUDA out of memory in batched detection; splitting the batch in halves", extra={"images": len(batch)}
+            )
             if len(batch) == 1:
                 return [error]
             half = len(batch) // 2
-            return (self._detect_halving(detect_many, decoded, batch[:half])
-                    + self._detect_halving(detect_many, decoded, batch[half:]))
+            return self._detect_halving(detect_many, decoded, batch[:half]) + self._detect_halving(
+                detect_many, decoded, batch[half:]
+            )
 
     def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
         """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one

@@ -97,9 +97,11 @@ def read_shape_predictor(data: bytes) -> ShapeModel:
         initial_shape=initial.astype(np.float32),
         splits=splits[..., :2].copy(),
         thresholds=floats_from_pairs(splits[..., 2].ravel(), splits[..., 3].ravel())
-        .astype(np.float32).reshape(stages, trees, nodes),
+        .astype(np.float32)
+        .reshape(stages, trees, nodes),
         leaves=floats_from_pairs(leaves[..., 2::2].ravel(), leaves[..., 3::2].ravel())
-        .astype(np.float32).reshape(stages, trees, nodes + 1, size),
+        .astype(np.float32)
+        .reshape(stages, trees, nodes + 1, size),
         anchors=np.array(anchors, dtype=np.int64),
         deltas=np.array(deltas, dtype=np.float32).reshape(stages, -1, 2),
     )

@@ -41,9 +41,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_resnet_state(
-    path: Path | None = None, cache_dir: Path | None = None
-) -> tuple[dict[str, torch.Tensor], str]:
+def load_resnet_state(path: Path | None = None, cache_dir: Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The FaceResNet state dict for a dlib .dat file, and the file's sha256.
 
     path: the .dat (default: the recognition model of face-recognition-models).
