@@ -1,4 +1,4 @@
-"""`biofleet models list|register|activate|retire` and `biofleet reenroll --to-model VERSION`.
+"""`biofleet models list|register|activate|index|retire` and `biofleet reenroll --to-model VERSION`.
 
 Both talk to Postgres (and reenroll to Redis) directly, through the running stack's URLs or the
 BIOFLEET_* settings: they are operator tools, not API clients.
@@ -111,13 +111,38 @@ def register(name: str, jitter: int | None, flip: bool | None, threshold: float 
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Activate below 100% coverage (uncovered subjects stop verifying).")
 def activate(name: str, force: bool) -> None:
-    """Make NAME the version verifications use, atomically; refused below 100% coverage."""
-    from shared.gallery import activate_version
+    """Make NAME the version verifications use, atomically; refused below 100% coverage.
+    NAME's gallery indexes are built first (concurrently), so identification stays fast."""
+    from shared.gallery import activate_version, get_version
 
-    cover = _run(_settings(), lambda s: activate_version(s, name, force=force))
+    settings = _settings()
+    _run(settings, lambda s: get_version(s, name))
+    _build_indexes(settings, [name])
+    cover = _run(settings, lambda s: activate_version(s, name, force=force))
     click.echo(f"{name} is active ({cover.covered}/{cover.subjects} subjects of {cover.source or '-'} covered)")
     if cover.source:
         click.echo(f"{cover.source} is now a candidate: retire it with `biofleet models retire {cover.source}`")
+
+
+def _build_indexes(settings, versions: list[str] | None) -> None:
+    """Build the missing gallery indexes (of `versions`, default all) and say what was done."""
+    from shared.gallery_index import maintain_indexes
+
+    started = time.monotonic()
+    report = maintain_indexes(database_url(settings), settings, versions)
+    if report is None:
+        click.echo("gallery indexes: another process is building them; run again later")
+    elif report["built"] or report["dropped"]:
+        click.echo(
+            f"gallery indexes: {len(report['built'])} built, {len(report['dropped'])} dropped "
+            f"({time.monotonic() - started:.1f} s)"
+        )
+
+
+@models.command("index")
+def index() -> None:
+    """Build the gallery indexes that galleries over BIOFLEET_ANN_MIN_TEMPLATES lack, drop stale ones."""
+    _build_indexes(_settings(), None)
 
 
 @models.command("retire")

@@ -47,6 +47,19 @@ class Settings(BaseSettings):
     match_threshold: float = 0.6  # used until a model version carries a calibrated one
     decode_threads: int = 2
 
+    # 1:N search (shared/gallery_index.py, worker/nearest.py). A gallery (one tenant, one model
+    # version) with at least ann_min_templates templates gets a partial HNSW index and is searched
+    # through it; smaller ones are scanned exactly. Each probe takes max(ann_candidates, 3 x top_k)
+    # templates from the index (hnsw.ef_search at least that), re-ranked exactly, one per subject.
+    ann_min_templates: int = Field(10_000, ge=1)
+    ann_candidates: int = Field(100, ge=1, le=1000)
+    ann_ef_search: int = Field(200, ge=1, le=1000)
+    ann_m: int = Field(16, ge=2, le=100)  # HNSW graph degree (index build)
+    ann_ef_construction: int = Field(64, ge=4, le=1000)
+    ann_build_memory: str = "1GB"  # maintenance_work_mem of an index build (the graph must fit)
+    ann_build_workers: int = Field(1, ge=0, le=16)  # max_parallel_maintenance_workers of a build
+    ann_interval_s: int = 300  # how often a worker builds missing indexes and drops stale ones; 0: off
+
     # API limits.
     max_body_bytes: int = 20 * 1024 * 1024
     max_images_per_enrollment: int = MAX_IMAGES

@@ -2,15 +2,14 @@
 
 subject_templates(session, model_version, subjects) -> {(tenant_id, external_id): (n, 128) array}.
 verify(probe, templates) -> (min Euclidean distance, templates compared).
-identify(session, tenant_id, probe, model_version, top_k) -> [{"subject_id", "distance"}], nearest
-first, one entry per subject (its nearest template), by pgvector's `<->`.
+(1:N search: worker/nearest.py.)
 """
 
 import uuid
 from collections.abc import Iterable
 
 import numpy as np
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from shared.db.models import EMBEDDING_DIM, Subject, Template
@@ -46,18 +45,3 @@ def verify(probe: np.ndarray, templates: np.ndarray) -> tuple[float, int]:
         raise ValueError("no templates to compare with")
     distances = np.linalg.norm(templates - np.asarray(probe, dtype=np.float64), axis=1)
     return float(distances.min()), len(templates)
-
-
-def identify(session: Session, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int) -> list[dict]:
-    """The top_k subjects of tenant_id nearest to probe, each at its nearest template's distance."""
-    vector = np.asarray(probe, dtype=np.float32)
-    distance = func.min(Template.embedding.l2_distance(vector)).label("distance")
-    rows = session.execute(
-        select(Subject.external_id, distance)
-        .join(Subject, Subject.id == Template.subject_id)
-        .where(Template.tenant_id == tenant_id, Template.model_version == model_version)
-        .group_by(Subject.id, Subject.external_id)
-        .order_by(distance, Subject.external_id)
-        .limit(top_k)
-    ).all()
-    return [{"subject_id": external_id, "distance": float(d)} for external_id, d in rows]

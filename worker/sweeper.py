@@ -8,7 +8,8 @@ sweep(database_url, redis, celery, settings) -> ids of the jobs published again.
   nothing lost). A job published twice is still applied once: writes are idempotent by job id.
 Housekeeper(settings): a daemon thread; every sweep_interval_s it sweeps, and every
   retention_interval_s it runs shared.retention, each only when it holds that task's Redis lock,
-  so one worker of the fleet does it. start() / stop().
+  so one worker of the fleet does it; every ann_interval_s it builds missing gallery indexes
+  (shared.gallery_index, under a Postgres advisory lock). start() / stop().
 """
 
 import logging
@@ -96,13 +97,30 @@ class Housekeeper:
         self.settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
+        self._indexer: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.settings.sweep_interval_s or self.settings.retention_interval_s:
+        if self.settings.sweep_interval_s or self.settings.retention_interval_s or self.settings.ann_interval_s:
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _indexing(self) -> bool:
+        return self._indexer is not None and self._indexer.is_alive()
+
+    def _maintain_indexes(self, database_url: str) -> None:
+        from shared.gallery_index import maintain_indexes
+
+        try:
+            report = maintain_indexes(database_url, self.settings)
+            if report and (report["built"] or report["dropped"]):
+                log.info(
+                    "gallery indexes maintained",
+                    extra={"built": len(report["built"]), "dropped": len(report["dropped"])},
+                )
+        except Exception as exc:  # Postgres away: try again next time
+            log.warning("gallery index maintenance failed", extra={"error": type(exc).__name__})
 
     def _run(self) -> None:
         import redis as redis_lib
@@ -115,7 +133,7 @@ class Housekeeper:
         settings = self.settings
         urls = resolve(settings)
         client = redis_lib.Redis.from_url(urls.redis_url, socket_connect_timeout=5, socket_timeout=5)
-        next_sweep = next_retention = time.monotonic()
+        next_sweep = next_retention = next_index = time.monotonic()
         while not self._stop.wait(1.0):
             now = time.monotonic()
             try:
@@ -127,6 +145,12 @@ class Housekeeper:
                     next_retention = now + settings.retention_interval_s
                     if take_lock(client, RETENTION_LOCK, settings.retention_interval_s):
                         run_retention(urls.database_url, open_blob_store(urls.blob_url), settings)
+                if settings.ann_interval_s and now >= next_index and not self._indexing():
+                    next_index = now + settings.ann_interval_s
+                    self._indexer = threading.Thread(
+                        target=self._maintain_indexes, args=(urls.database_url,), name="gallery-index", daemon=True
+                    )
+                    self._indexer.start()  # a build may take minutes: sweeps go on meanwhile
             except Exception as exc:  # Redis or Postgres away: try again next time
                 log.warning("housekeeping failed", extra={"error": type(exc).__name__})
         client.close()

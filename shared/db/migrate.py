@@ -1,6 +1,7 @@
 """Apply the Alembic migrations in shared/db/migrations/.
 
-upgrade(database_url) -> None: bring the database to the newest revision (idempotent).
+upgrade(database_url) -> None: bring the database to the newest revision (idempotent), then build
+  the gallery indexes existing data needs (shared.gallery_index, concurrently).
 current_revision(database_url) -> str | None: the revision the database is at.
 """
 
@@ -37,6 +38,11 @@ def upgrade(database_url: str, revision: str = "head") -> None:
             command.upgrade(config, revision)
     finally:
         engine.dispose()
+    if revision == "head":
+        from shared.gallery_index import maintain_indexes
+        from shared.settings import get_settings
+
+        maintain_indexes(database_url, get_settings())  # concurrent builds need no transaction
 
 
 def current_revision(database_url: str) -> str | None:

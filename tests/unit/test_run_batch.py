@@ -15,7 +15,7 @@ from shared.blob import FileBlobStore
 from shared.db.models import FINAL_STATUSES
 from shared.settings import Settings
 from worker.batch import Delivery, Runtime, TransientDatabaseError, run_batch
-from worker.batch.model import JobRow, WorkItem
+from worker.batch.model import JobRow, Probe, WorkItem
 from worker.face.types import FaceResult
 from worker.versions import BASE_PREPROCESSING, PRESETS, VersionBook, VersionRow
 
@@ -65,6 +65,7 @@ class FakeUnitOfWork:
         self.versions = versions or []
         self.outbox: list[uuid.UUID] = []
         self.runs = 0
+        self.searches = 0  # calls of nearest: one per batch, whatever its identify probes
         self.fail_from: int | None = None
 
     def run(self, fn: Callable[[Any], T]) -> T:
@@ -119,13 +120,17 @@ class FakeUnitOfWork:
                 found.setdefault(key, []).append(t["vector"])
         return {key: np.stack(rows) for key, rows in found.items()}
 
-    def nearest(self, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int) -> list[dict]:
+    def nearest(self, probes: list[Probe]) -> list[list[dict]]:
+        self.searches += 1
+        return [self._nearest(p) for p in probes]
+
+    def _nearest(self, probe: Probe) -> list[dict]:
         best: dict[str, float] = {}
         for t in self.templates:
-            if t["tenant_id"] == tenant_id and t["version"] == model_version:
-                d = float(np.linalg.norm(t["vector"] - probe))
+            if t["tenant_id"] == probe.tenant_id and t["version"] == probe.model_version:
+                d = float(np.linalg.norm(t["vector"] - probe.descriptor))
                 best[t["subject"]] = min(d, best.get(t["subject"], d))
-        ranked = sorted(best.items(), key=lambda pair: (pair[1], pair[0]))[:top_k]
+        ranked = sorted(best.items(), key=lambda pair: (pair[1], pair[0]))[: probe.top_k]
         return [{"subject_id": s, "distance": d} for s, d in ranked]
 
     def write_outcome(self, item: WorkItem, batch_id: str, model_version: str) -> bool:
@@ -262,6 +267,7 @@ def test_identify_ranks_subjects_by_their_nearest_template(blobs):
     probe = uow.queue(blobs, "identify", [b"face:bob"], tenant=tenant, top_k=2)
     stranger = uow.queue(blobs, "identify", [b"face:bob"], top_k=2)  # another tenant sees nothing
     run_batch([probe, stranger], runtime, uow)
+    assert uow.searches == 1  # the batch's probes in one search
     candidates = uow.job(probe)["result"]["candidates"]
     assert len(candidates) == 2 and candidates[0]["subject_id"] == "bob"
     assert candidates[0]["distance"] < candidates[1]["distance"]

@@ -5,7 +5,6 @@ through the unit of work and passes them in.
 """
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ from worker.batch.model import (
 from worker.compare import verify
 
 SubjectKey = tuple[uuid.UUID, str]
-Nearest = Callable[[uuid.UUID, np.ndarray, str, int], list[dict[str, Any]]]  # tenant, probe, version, top_k
 
 
 def plan_versions(items: list[WorkItem], plan: Any, default: str) -> dict[str, dict[str, Any]]:
@@ -70,11 +68,9 @@ def decide_item(
     item: WorkItem,
     threshold: float,
     gallery: dict[SubjectKey, np.ndarray],
-    nearest: Nearest,
-    max_top_k: int,
-    default_top_k: int,
+    candidates: list[dict[str, Any]] | None,
 ) -> Outcome:
-    """The outcome of one job whose faces are known."""
+    """The outcome of one job whose faces are known (an identify job's candidates found for it)."""
     version = item.model_version or ""
     if item.kind in ENROLL_KINDS:
         return enroll_outcome(item, version)
@@ -89,10 +85,9 @@ def decide_item(
             return failed(SUBJECT_NOT_FOUND, f"subject {item.subject!r} has no templates of {version}")
         return verify_outcome(probe.descriptor, templates, threshold, version)
     if item.kind == "identify":
-        top_k = min(item.top_k or default_top_k, max_top_k)
-        candidates = nearest(item.tenant_id, probe.descriptor, version, top_k)
         return Outcome(
-            status="succeeded", result={"candidates": candidates, "threshold": threshold, "model_version": version}
+            status="succeeded",
+            result={"candidates": candidates or [], "threshold": threshold, "model_version": version},
         )
     return failed(INTERNAL_ERROR, f"unknown job kind {item.kind!r}")
 

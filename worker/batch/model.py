@@ -23,6 +23,16 @@ DEFAULT_TOP_K = 5
 TemplateRow = tuple[int, np.ndarray, str]  # (image index, descriptor, blob key)
 
 
+@dataclass
+class Probe:
+    """One identify probe, as the nearest-subject search takes it."""
+
+    tenant_id: uuid.UUID
+    model_version: str
+    descriptor: np.ndarray  # (128,)
+    top_k: int
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One message of a batch: its Celery task id and kwargs (a JobMessage as JSON)."""

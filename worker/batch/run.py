@@ -34,6 +34,7 @@ from worker.batch.model import (
     BatchReport,
     Delivery,
     Outcome,
+    Probe,
     Runtime,
     WorkItem,
     failed,
@@ -53,7 +54,7 @@ def run_batch(
     if uow is None:
         from worker.batch.sql import SqlBatchUnitOfWork
 
-        uow = SqlBatchUnitOfWork(runtime.database_url)
+        uow = SqlBatchUnitOfWork(runtime.database_url, runtime.settings)
     report = BatchReport(batch_id=batch_id or str(uuid.uuid4()), received=len(deliveries))
     metrics.observe_batch(len(deliveries))
     messages = parse(deliveries, report)
@@ -227,11 +228,23 @@ def compare_all(repo: JobsRepository, items: list[WorkItem], runtime: Runtime) -
     default = runtime.settings.match_threshold
     thresholds = {v: repo.threshold(v, default) for v in used}
     galleries = {v: repo.templates_for(v, verify_keys(pending, v)) for v in used}
+    found = nearest_all(repo, pending, runtime.settings.max_top_k)
     for item in pending:
         version = item.versions[0]
-        item.outcome = decide_item(
-            item, thresholds[version], galleries[version], repo.nearest, runtime.settings.max_top_k, DEFAULT_TOP_K
-        )
+        item.outcome = decide_item(item, thresholds[version], galleries[version], found.get(id(item)))
+
+
+def nearest_all(repo: JobsRepository, items: list[WorkItem], max_top_k: int) -> dict[int, list[dict[str, Any]]]:
+    """The candidates of every identify item with a probe descriptor, by id(item): one search call."""
+    asking, probes = [], []
+    for item in items:
+        descriptor = item.faces[0].descriptor if item.kind == "identify" and item.faces else None
+        if descriptor is not None:
+            asking.append(item)
+            probes.append(
+                Probe(item.tenant_id, item.versions[0], descriptor, min(item.top_k or DEFAULT_TOP_K, max_top_k))
+            )
+    return {id(i): found for i, found in zip(asking, repo.nearest(probes), strict=True)} if probes else {}
 
 
 def commit_all(items: list[WorkItem], runtime: Runtime, uow: BatchUnitOfWork, batch_id: str) -> list[WorkItem]:

@@ -1,4 +1,4 @@
-"""The batch's unit of work on Postgres (SQLAlchemy): SqlBatchUnitOfWork(database_url)."""
+"""The batch's unit of work on Postgres (SQLAlchemy): SqlBatchUnitOfWork(database_url, settings)."""
 
 import uuid
 from collections.abc import Callable
@@ -12,17 +12,20 @@ from sqlalchemy.orm import Session
 from shared import outbox
 from shared.db.models import FINAL_STATUSES, Job, ModelVersion, Subject, Template
 from shared.db.session import session_scope
+from shared.settings import Settings
 from worker import compare
-from worker.batch.model import JobRow, TemplateRow, WorkItem
+from worker.batch.model import JobRow, Probe, TemplateRow, WorkItem
 from worker.batch.uow import JobKey, JobsRepository, SubjectKey
+from worker.nearest import identify_many
 from worker.versions import PRESETS, VersionRow, threshold
 
 T = TypeVar("T")
 
 
 class SqlJobsRepository:
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, settings: Settings):
         self.session = session
+        self.settings = settings
 
     def mark_running(self, jobs: list[JobKey], batch_id: str, model_version: str) -> list[JobRow]:
         rows = self.session.execute(
@@ -85,8 +88,8 @@ class SqlJobsRepository:
     def templates_for(self, model_version: str, subjects: list[SubjectKey]) -> dict[SubjectKey, np.ndarray]:
         return compare.subject_templates(self.session, model_version, subjects)
 
-    def nearest(self, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int) -> list[dict[str, Any]]:
-        return compare.identify(self.session, tenant_id, probe, model_version, top_k)
+    def nearest(self, probes: list[Probe]) -> list[list[dict[str, Any]]]:
+        return identify_many(self.session, probes, self.settings)
 
     def write_outcome(self, item: WorkItem, batch_id: str, model_version: str) -> bool:
         outcome = item.outcome
@@ -150,9 +153,10 @@ class SqlJobsRepository:
 class SqlBatchUnitOfWork:
     """One session per run(fn), committed when fn returns (shared.db.session.session_scope)."""
 
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, settings: Settings):
         self.database_url = database_url
+        self.settings = settings
 
     def run(self, fn: Callable[[JobsRepository], T]) -> T:
         with session_scope(self.database_url) as session:
-            return fn(SqlJobsRepository(session))
+            return fn(SqlJobsRepository(session, self.settings))

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from worker.batch.model import JobRow, WorkItem
+from worker.batch.model import JobRow, Probe, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,9 @@ class JobsRepository(Protocol):
         """Every template of model_version per subject; subjects without any are absent."""
         ...
 
-    def nearest(self, tenant_id: uuid.UUID, probe: np.ndarray, model_version: str, top_k: int) -> list[dict[str, Any]]:
-        """The top_k subjects nearest to probe: [{"subject_id", "distance"}], nearest first."""
+    def nearest(self, probes: list[Probe]) -> list[list[dict[str, Any]]]:
+        """For each probe, its top_k nearest subjects of its gallery: [{"subject_id", "distance"}],
+        nearest first; all probes of a batch in one call."""
         ...
 
     def write_outcome(self, item: WorkItem, batch_id: str, model_version: str) -> bool:

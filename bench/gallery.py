@@ -1,0 +1,565 @@
+"""1:N identification at gallery scale: search latency, recall and the stack, from 1k to 1M templates.
+
+    .venv/bin/python -m bench.gallery                          # 1k, 10k, 100k (about 10 min)
+    .venv/bin/python -m bench.gallery --sizes 1000,10000,100000,1000000
+
+The gallery of tenant A grows through --sizes (rows are only added): the LFW identities of
+../shared/data/faces (lfw_colour: 3 images enrolled, 7 probes each; lfw_view1: every image but
+the last enrolled, the last a probe), at most half of the gallery, then synthetic subjects (3
+templates each) drawn around real descriptors (seeded): a centre at a distractor distance from a
+real descriptor, templates around the centre. Tenant B holds a tenth as many templates, in the
+same table. Templates are bulk-loaded with binary COPY. At each size a gallery with at least
+ann_min_templates templates gets its partial HNSW index (build time and size recorded).
+
+Figures per size: the search step (worker.nearest.identify_many, in-process, one probe alone and
+batches of 32: p50/p95), the exact scan for comparison (fewer probes at large sizes), top-5
+recall of the index against the exact answer (computed with numpy over the loaded vectors), how
+often the right subject is first for probes whose identity is enrolled, and, at --stack-sizes,
+batches of 32 identify jobs through the API and a worker (first submit to last finish).
+JSON to bench/results/gallery.json (rewritten after every size), PNG bench/results/gallery.png.
+"""
+
+import argparse
+import base64
+import statistics
+import struct
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from bench.stats import RESULTS_DIR, percentile, write_results
+
+RESULTS = RESULTS_DIR / "gallery.json"
+PLOT = RESULTS_DIR / "gallery.png"
+SEED = 17
+DIM = 128
+PER_SUBJECT = 3
+CENTRE_DISTANCE = (0.75, 0.08)  # synthetic centre from its real descriptor: mean, sd
+SPREAD = 0.35  # typical distance of a synthetic template from its centre
+TOP_K = 5
+BATCH = 32
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --- real descriptors ----------------------------------------------------------------------------
+
+
+def real_descriptors(faces_dir: Path, cache: Path) -> dict:
+    """{"names": [...], "images": [...], "vectors": (n, 128)} of every LFW image with a face; cached."""
+    if cache.exists():
+        data = np.load(cache, allow_pickle=False)
+        return {"names": list(data["names"]), "images": list(data["images"]), "vectors": data["vectors"]}
+    from worker.face.detect import CnnDetector
+    from worker.face.embed import Embedder
+    from worker.face.landmarks import Landmarker
+    from worker.face.pipeline import FacePipeline
+
+    paths = sorted((faces_dir / "lfw_colour").glob("*/*.jpg")) + sorted((faces_dir / "lfw_view1").glob("*/*.jpg"))
+    embedder = Embedder.load(device="cpu")
+    pipeline = FacePipeline(embedder, CnnDetector(device="cpu"), Landmarker(), max_pixels=25_000_000)
+    names, images, vectors = [], [], []
+    with pipeline:
+        for start in range(0, len(paths), 32):
+            chunk = paths[start : start + 32]
+            for path, face in zip(chunk, pipeline.process([p.read_bytes() for p in chunk])):
+                if face.ok:
+                    names.append(f"{path.parent.parent.name}/{path.parent.name}")
+                    images.append(str(path))
+                    vectors.append(face.descriptor)
+            say(f"descriptors: {start + len(chunk)} of {len(paths)} images")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, names=np.array(names), images=np.array(images), vectors=np.stack(vectors).astype(np.float32))
+    return {"names": names, "images": images, "vectors": np.stack(vectors).astype(np.float32)}
+
+
+def split_real(real: dict) -> tuple[dict[str, np.ndarray], list[tuple[str, np.ndarray, str]]]:
+    """({subject: templates}, [(subject, probe vector, image path)]) from the real descriptors."""
+    by_name: dict[str, list[int]] = {}
+    for i, name in enumerate(real["names"]):
+        by_name.setdefault(name, []).append(i)
+    enrolled, probes = {}, []
+    for name, rows in by_name.items():
+        subject = name.split("/", 1)[1]
+        if name.startswith("lfw_colour/"):
+            keep, held = rows[:PER_SUBJECT], rows[PER_SUBJECT:]
+        else:
+            keep, held = (rows[:-1], rows[-1:]) if len(rows) > 1 else (rows, [])
+        if subject in enrolled:  # a name in both folders: keep the colour one
+            continue
+        enrolled[subject] = real["vectors"][keep]
+        probes += [(subject, real["vectors"][i], real["images"][i]) for i in held]
+    return enrolled, probes
+
+
+def synthetic(rng: np.random.Generator, seeds: np.ndarray, subjects: int) -> np.ndarray:
+    """(subjects, 3, 128) templates around centres drawn at a distractor distance from seeds."""
+    base = seeds[rng.integers(0, len(seeds), subjects)]
+    direction = rng.normal(size=(subjects, DIM))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    radius = rng.normal(*CENTRE_DISTANCE, size=(subjects, 1)).clip(0.5, None)
+    centres = base + direction * radius
+    noise = rng.normal(0, SPREAD / np.sqrt(DIM), size=(subjects, PER_SUBJECT, DIM))
+    return (centres[:, None, :] + noise).astype(np.float32)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+TRAILER = (-1).to_bytes(2, "big", signed=True)
+
+
+def _uuids(rng: np.random.Generator, count: int) -> np.ndarray:
+    return np.frombuffer(rng.bytes(16 * count), dtype="V16")
+
+
+def copy_gallery(
+    engine, tenant_id: uuid.UUID, version: str, names: list[str], vectors: np.ndarray, rng: np.random.Generator
+) -> None:
+    """Subjects `names` with their (n, 3, 128) templates, by binary COPY (fixed-width rows)."""
+    count = len(names)
+    width = max(len(n.encode()) for n in names)
+    subject_ids = _uuids(rng, count)
+    subjects = np.zeros(
+        count,
+        dtype=np.dtype(
+            [
+                ("fields", ">i2"),
+                ("l_id", ">i4"),
+                ("id", "V16"),
+                ("l_tenant", ">i4"),
+                ("tenant", "V16"),
+                ("l_name", ">i4"),
+                ("name", f"S{width}"),
+            ]
+        ),
+    )
+    subjects["fields"], subjects["l_id"], subjects["l_tenant"] = 3, 16, 16
+    subjects["id"], subjects["tenant"] = subject_ids, np.void(tenant_id.bytes)
+    subjects["l_name"] = [len(n.encode()) for n in names]
+    subjects["name"] = [n.encode() for n in names]
+    rows = count * PER_SUBJECT
+    mv = version.encode()
+    templates = np.zeros(
+        rows,
+        dtype=np.dtype(
+            [
+                ("fields", ">i2"),
+                ("l_id", ">i4"),
+                ("id", "V16"),
+                ("l_tenant", ">i4"),
+                ("tenant", "V16"),
+                ("l_subject", ">i4"),
+                ("subject", "V16"),
+                ("l_mv", ">i4"),
+                ("mv", f"S{len(mv)}"),
+                ("l_emb", ">i4"),
+                ("dim", ">i2"),
+                ("unused", ">i2"),
+                ("emb", ">f4", (DIM,)),
+                ("l_src", ">i4"),
+                ("src", "V16"),
+                ("l_index", ">i4"),
+                ("index", ">i4"),
+            ]
+        ),
+    )
+    templates["fields"] = 7
+    for field in ("l_id", "l_tenant", "l_subject", "l_src"):
+        templates[field] = 16
+    templates["id"], templates["tenant"] = _uuids(rng, rows), np.void(tenant_id.bytes)
+    templates["subject"] = np.repeat(subject_ids, PER_SUBJECT)
+    templates["src"] = np.repeat(_uuids(rng, count), PER_SUBJECT)
+    templates["l_mv"], templates["mv"] = len(mv), mv
+    templates["l_emb"], templates["dim"] = 4 + 4 * DIM, DIM
+    templates["emb"] = vectors.reshape(rows, DIM)
+    templates["l_index"], templates["index"] = 4, np.tile(np.arange(PER_SUBJECT), count)
+    if len({len(n.encode()) for n in names}) == 1:
+        subject_bytes = subjects.tobytes()
+    else:  # names of varying width: one row at a time
+        subject_bytes = b"".join(
+            struct.pack(">hi16si16si", 3, 16, sid.tobytes(), 16, tenant_id.bytes, len(name.encode())) + name.encode()
+            for sid, name in zip(subject_ids, names)
+        )
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.driver_connection.cursor()
+        with cursor.copy("COPY subjects (id, tenant_id, external_id) FROM STDIN WITH (FORMAT binary)") as copy:
+            copy.write(HEADER + subject_bytes + TRAILER)
+        columns = "id, tenant_id, subject_id, model_version, embedding, source_job_id, image_index"
+        with cursor.copy(f"COPY templates ({columns}) FROM STDIN WITH (FORMAT binary)") as copy:
+            step = 200_000
+            copy.write(HEADER)
+            for start in range(0, rows, step):
+                copy.write(templates[start : start + step].tobytes())
+            copy.write(TRAILER)
+        raw.driver_connection.commit()
+    finally:
+        raw.close()
+
+
+class Gallery:
+    """One tenant's gallery as loaded, kept in memory for the exact answer."""
+
+    def __init__(self, tenant_id: uuid.UUID, version: str):
+        self.tenant_id, self.version = tenant_id, version
+        self.names: list[str] = []
+        self.blocks: list[np.ndarray] = []  # (n, 3, 128) per load
+        self.real_added = 0
+        self.synthetic_added = 0
+
+    @property
+    def templates(self) -> int:
+        return len(self.names) * PER_SUBJECT
+
+    def add(self, engine, names: list[str], vectors: np.ndarray, rng) -> None:
+        if names:
+            copy_gallery(engine, self.tenant_id, self.version, names, vectors, rng)
+            self.names += names
+            self.blocks.append(vectors)
+
+    def grow(self, engine, size: int, real: dict[str, np.ndarray], seeds: np.ndarray, rng) -> None:
+        """Add real subjects (up to half of size) then synthetic ones, to about size templates."""
+        real_names = sorted(real, key=lambda n: (len(real[n]) != PER_SUBJECT, n))  # lfw_colour's first
+        want_real = min(len(real_names), max(0, size // 2 // PER_SUBJECT))
+        new_real = real_names[self.real_added : want_real]
+        if new_real:
+            vectors = np.stack([_three(real[n], rng) for n in new_real])
+            self.add(engine, new_real, vectors, rng)
+            self.real_added = want_real
+        missing = -(-max(0, size - self.templates) // PER_SUBJECT)
+        if missing:
+            names = [f"syn{self.synthetic_added + i:08d}" for i in range(missing)]
+            self.add(engine, names, synthetic(rng, seeds, missing), rng)
+            self.synthetic_added += missing
+
+    def exact_top(self, probes: np.ndarray, k: int) -> list[list[str]]:
+        """The exact top-k subjects per probe (min over a subject's templates), with numpy."""
+        vectors = np.concatenate(self.blocks).reshape(-1, DIM)
+        norms = (vectors**2).sum(axis=1)
+        found = []
+        for probe in probes:
+            d2 = norms - 2 * (vectors @ probe.astype(np.float32)) + float(probe @ probe)
+            per_subject = d2.reshape(-1, PER_SUBJECT).min(axis=1)
+            top = np.argpartition(per_subject, k + 10)[: k + 10]  # then exactly, in float64
+            exact = [
+                (
+                    float(
+                        np.linalg.norm(
+                            vectors[s * PER_SUBJECT : (s + 1) * PER_SUBJECT].astype(np.float64) - probe, axis=1
+                        ).min()
+                    ),
+                    self.names[s],
+                )
+                for s in top
+            ]
+            found.append([name for _, name in sorted(exact)[:k]])
+        return found
+
+
+def _three(vectors: np.ndarray, rng) -> np.ndarray:
+    """Exactly 3 templates: a real subject's first three, repeated when it has fewer."""
+    rows = [vectors[i % len(vectors)] for i in range(PER_SUBJECT)]
+    return np.stack(rows).astype(np.float32)
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def timed_search(database_url: str, settings, probes: list) -> tuple[list, float]:
+    from shared.db.session import session_scope
+    from worker.nearest import identify_many
+
+    started = time.perf_counter()
+    with session_scope(database_url) as session:
+        found = identify_many(session, probes, settings)
+    return found, time.perf_counter() - started
+
+
+def search_figures(database_url: str, settings, gallery: Gallery, vectors: np.ndarray, exact_probes: int) -> dict:
+    from worker.nearest import Probe
+
+    probes = [Probe(gallery.tenant_id, gallery.version, v, TOP_K) for v in vectors]
+    timed_search(database_url, settings, probes[:BATCH])  # warm the cache
+    alone, answers = [], []
+    for probe in probes:
+        found, seconds = timed_search(database_url, settings, [probe])
+        alone.append(seconds * 1000)
+        answers.append(found[0])
+    batches = []
+    for start in range(0, len(probes) - BATCH + 1, BATCH):
+        batches.append(timed_search(database_url, settings, probes[start : start + BATCH])[1] * 1000)
+    exact_ms = []
+    with_index = _indexed(database_url, gallery)
+    for probe in probes[:exact_probes]:
+        if with_index:  # the exact path, as a gallery without an index runs it
+            exact_ms.append(_exact_ms(database_url, probe))
+        else:
+            exact_ms.append(alone[len(exact_ms)])
+    return {
+        "path": "index" if with_index else "exact",
+        "alone_p50_ms": percentile(alone, 50),
+        "alone_p95_ms": percentile(alone, 95),
+        "batch32_p50_ms": percentile(batches, 50) if batches else None,
+        "batch32_p95_ms": percentile(batches, 95) if batches else None,
+        "batch32_probes_per_s": BATCH / (percentile(batches, 50) / 1000) if batches else None,
+        "exact_scan_p50_ms": percentile(exact_ms, 50) if exact_ms else None,
+        "exact_scan_probes": len(exact_ms),
+        "answers": answers,
+    }
+
+
+def _indexed(database_url: str, gallery: Gallery) -> bool:
+    from shared.db.session import get_engine
+    from shared.gallery_index import ready_indexes
+
+    with get_engine(database_url).connect() as connection:
+        return bool(ready_indexes(connection, [(gallery.tenant_id, gallery.version)]))
+
+
+def _exact_ms(database_url: str, probe) -> float:
+    from shared.db.session import session_scope
+    from worker.nearest import exact_search
+
+    started = time.perf_counter()
+    with session_scope(database_url) as session:
+        exact_search(session.connection(), probe.tenant_id, probe.model_version, [probe.descriptor], probe.top_k)
+    return (time.perf_counter() - started) * 1000
+
+
+def ef_sweep(
+    database_url: str, settings, gallery: Gallery, vectors: np.ndarray, truth: list[list[str]], values: list[int]
+) -> list[dict]:
+    """Search latency and top-5 recall at each hnsw.ef_search in values (candidates unchanged)."""
+    from worker.nearest import Probe
+
+    rows = []
+    for ef in values:
+        tuned = settings.model_copy(update={"ann_ef_search": ef})
+        probes = [Probe(gallery.tenant_id, gallery.version, v, TOP_K) for v in vectors]
+        timed_search(database_url, tuned, probes[:BATCH])
+        alone, answers = [], []
+        for probe in probes:
+            found, seconds = timed_search(database_url, tuned, [probe])
+            alone.append(seconds * 1000)
+            answers.append(found[0])
+        batch = [timed_search(database_url, tuned, probes[i : i + BATCH])[1] * 1000 for i in range(0, 3 * BATCH, BATCH)]
+        recall = np.mean([len({c["subject_id"] for c in got} & set(want)) / TOP_K for got, want in zip(answers, truth)])
+        rows.append(
+            {
+                "ef_search": ef,
+                "alone_p50_ms": percentile(alone, 50),
+                "alone_p95_ms": percentile(alone, 95),
+                "batch32_p50_ms": percentile(batch, 50),
+                "recall_top5": float(recall),
+            }
+        )
+        say(
+            f"ef_search {ef}: p50 {rows[-1]['alone_p50_ms']:.1f} p95 {rows[-1]['alone_p95_ms']:.1f} ms, "
+            f"batch32 {rows[-1]['batch32_p50_ms']:.0f} ms, recall {recall:.4f}"
+        )
+    return rows
+
+
+def build_indexes(database_url: str, settings, galleries: list[Gallery]) -> dict:
+    from sqlalchemy import text
+
+    from shared.db.session import get_engine
+    from shared.gallery_index import build_index, index_name
+
+    engine = get_engine(database_url)
+    built = {}
+    for gallery in galleries:
+        if gallery.templates < settings.ann_min_templates:
+            continue
+        name = index_name(gallery.tenant_id, gallery.version)
+        seconds = build_index(engine, gallery.tenant_id, gallery.version, settings)
+        with engine.begin() as connection:
+            size = connection.execute(text("SELECT pg_relation_size(:n)"), {"n": name}).scalar()
+        built[str(gallery.tenant_id)] = {"templates": gallery.templates, "build_s": seconds, "size_mb": size / 2**20}
+        say(f"index of {gallery.templates:,} templates: {seconds:.1f} s, {size / 2**20:.0f} MB")
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE templates"))
+    return built
+
+
+def stack_figures(stack, images: list[str], rounds: int) -> dict:
+    from bench.harness import submit_all, wait_jobs
+
+    bodies = [{"image": base64.b64encode(Path(p).read_bytes()).decode(), "top_k": TOP_K} for p in images[:BATCH]]
+    walls = []
+    for round_ in range(rounds + 1):  # the first round warms the worker
+        sent = submit_all(stack.api_url, stack.key, "/v1/identifications", bodies, concurrency=BATCH)
+        jobs = wait_jobs(stack, [s.job_id for s in sent], timeout=300)
+        ok = [j for j in jobs.values() if j.status == "succeeded" and j.finished]
+        if len(ok) != len(bodies):
+            raise SystemExit(f"{len(bodies) - len(ok)} identify jobs did not succeed")
+        wall = max(j.finished for j in ok) - min(s.sent for s in sent)
+        if round_:
+            walls.append(wall)
+    return {
+        "batch32_s": walls,
+        "batch32_median_s": statistics.median(walls),
+        "jobs_per_s": BATCH / statistics.median(walls),
+    }
+
+
+def run(args) -> dict:
+    from bench.harness import BenchStack
+    from shared.db.session import get_engine, session_scope
+    from shared.gallery_index import drop_index
+    from shared.keys import get_or_create_tenant
+    from shared.settings import Settings, get_settings
+
+    settings = get_settings()
+    real = real_descriptors(args.faces_dir, Path(args.cache))
+    enrolled, probes = split_real(real)
+    rng = np.random.default_rng(SEED)
+    order = rng.permutation(len(probes))[: args.probes]
+    probes = [probes[i] for i in order]
+    probe_vectors = np.stack([p[1] for p in probes])
+    colour_images = [p[2] for p in probes if "/lfw_colour/" in p[2]]
+    colour_images += [p for _, _, p in split_real(real)[1] if "/lfw_colour/" in p and p not in colour_images]
+    seeds = real["vectors"]
+    results = {
+        "settings": {k: getattr(settings, k) for k in Settings.model_fields if k.startswith("ann_")},
+        "probes": len(probes),
+        "seed": SEED,
+        "sizes": [],
+    }
+    import torch
+
+    from bench.model import machine
+
+    results["machine"] = machine(torch.device("cpu"))
+    with BenchStack(log_level="WARNING") as stack:
+        engine = get_engine(stack.database_url)
+        with session_scope(stack.database_url) as session:
+            tenant_a = get_or_create_tenant(session, "bench")
+            tenant_b = get_or_create_tenant(session, "bench-other")
+        from worker.app import ensure_model_version
+        from worker.face.weights import RECOGNITION_MODEL, model_path, sha256_file
+
+        ensure_model_version(stack.database_url, settings, sha256_file(model_path(RECOGNITION_MODEL)))
+        version = settings.model_version
+        a, b = Gallery(tenant_a, version), Gallery(tenant_b, version)
+        for size in args.sizes:
+            for gallery in (a, b):  # loading into an HNSW index is slow: it is built again below
+                drop_index(engine, gallery.tenant_id, gallery.version)
+            started = time.perf_counter()
+            a.grow(engine, size, enrolled, seeds, rng)
+            b.grow(engine, size // 10, {}, seeds, rng)
+            load_s = time.perf_counter() - started
+            say(f"size {size:,}: tenant A {a.templates:,}, tenant B {b.templates:,} templates ({load_s:.0f} s)")
+            indexes = build_indexes(stack.database_url, settings, [a, b])
+            exact_probes = min(args.probes, max(5, 300_000 // a.templates))  # the exact scan is slow
+            exact_probes = exact_probes if args.exact_probes is None else args.exact_probes
+            figures = search_figures(stack.database_url, settings, a, probe_vectors, exact_probes)
+            answers = figures.pop("answers")
+            truth = a.exact_top(probe_vectors, TOP_K)
+            recall = np.mean(
+                [len({c["subject_id"] for c in got} & set(want)) / TOP_K for got, want in zip(answers, truth)]
+            )
+            known = [i for i, p in enumerate(probes) if p[0] in a.names]
+            first = sum(answers[i][0]["subject_id"] == probes[i][0] for i in known)
+            first_exact = sum(truth[i][0] == probes[i][0] for i in known)
+            other = search_figures(stack.database_url, settings, b, probe_vectors[: BATCH * 2], 0)
+            other.pop("answers")
+            row = {
+                "size": size,
+                "templates": a.templates,
+                "second_tenant_templates": b.templates,
+                "load_s": load_s,
+                "indexes": indexes,
+                "search": figures,
+                "second_tenant_search": other,
+                "recall_top5": float(recall),
+                "right_first": first,
+                "right_first_exact": first_exact,
+                "known_probes": len(known),
+            }
+            if indexes and args.ef_sweep:
+                row["ef_sweep"] = ef_sweep(stack.database_url, settings, a, probe_vectors, truth, args.ef_sweep)
+            if size in args.stack_sizes:
+                if stack.api_url is None:
+                    stack.start_api()
+                    stack.start_worker(ann_interval_s=0)
+                row["stack"] = stack_figures(stack, colour_images, args.stack_rounds)
+            results["sizes"].append(row)
+            print_row(row)
+            write_results(args.out, results)
+            plot(results, args.plot)
+    return results
+
+
+def print_row(row: dict) -> None:
+    s = row["search"]
+    stack = row.get("stack", {}).get("batch32_median_s")
+    build = next(iter(row["indexes"].values()), {}).get("build_s") if row["indexes"] else None
+    print(
+        f"{row['templates']:>9,} | {s['path']:5} | alone p50 {s['alone_p50_ms']:.1f} p95 {s['alone_p95_ms']:.1f} ms | "
+        f"batch32 p50 {s['batch32_p50_ms'] or 0:.0f} ms | exact {s['exact_scan_p50_ms'] or 0:.0f} ms | "
+        f"recall {row['recall_top5']:.4f} | first {row['right_first']}/{row['known_probes']} "
+        f"(exact {row['right_first_exact']}) | build {build or 0:.0f} s | stack 32 {stack or 0:.2f} s",
+        flush=True,
+    )
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["sizes"]
+    sizes = [r["templates"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (
+        ("alone_p50_ms", "search p50, one probe"),
+        ("alone_p95_ms", "search p95, one probe"),
+        ("exact_scan_p50_ms", "exact scan p50, one probe"),
+    ):
+        ax.plot(sizes, [r["search"][key] for r in rows], marker="o", label=label)
+    per_probe = [r["search"]["batch32_p50_ms"] / BATCH if r["search"]["batch32_p50_ms"] else None for r in rows]
+    ax.plot(sizes, per_probe, marker="o", label="search per probe, batch of 32")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("templates in the tenant's gallery")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("1:N search step, 2-core machine")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    from shared.settings import get_settings
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,100000", help="templates of tenant A, comma-separated")
+    parser.add_argument("--stack-sizes", default=None, help="sizes measured through the stack (default: the largest)")
+    parser.add_argument("--stack-rounds", type=int, default=3)
+    parser.add_argument("--probes", type=int, default=256)
+    parser.add_argument("--exact-probes", type=int, default=None, help="probes timed on the exact scan")
+    parser.add_argument("--ef-sweep", default="", help="hnsw.ef_search values to sweep at indexed sizes, e.g. 400,800")
+    parser.add_argument("--faces-dir", type=Path, default=get_settings().faces_dir)
+    parser.add_argument("--cache", default=str(get_settings().model_cache_dir / "bench-gallery-descriptors.npz"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot", type=Path, default=PLOT)
+    args = parser.parse_args()
+    args.sizes = sorted(int(s) for s in args.sizes.split(","))
+    args.stack_sizes = {int(s) for s in (args.stack_sizes or str(args.sizes[-1])).split(",") if s}  # 0: none
+    args.ef_sweep = [int(v) for v in args.ef_sweep.split(",") if v]
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
