@@ -45,6 +45,11 @@ PREFIX = "ix_templates_ann_"
 Pair = tuple[uuid.UUID, str]  # (tenant_id, model_version)
 
 
+def not_a_gallery_index(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic's include_object: the gallery indexes are built at run time, not by migrations."""
+    return not (type_ == "index" and name is not None and name.startswith(PREFIX))
+
+
 def index_name(tenant_id: uuid.UUID, version: str) -> str:
     digest = hashlib.sha256(f"{tenant_id}|{version}".encode()).hexdigest()[:24]
     return PREFIX + digest

@@ -5,6 +5,7 @@ from sqlalchemy import create_engine, pool
 
 from shared.db.models import Base
 from shared.db.session import normalise_url
+from shared.gallery_index import not_a_gallery_index
 
 config = context.config
 target_metadata = Base.metadata
@@ -22,13 +23,13 @@ def _url() -> str:
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata, include_object=not_a_gallery_index)
         with context.begin_transaction():
             context.run_migrations()
         return
     engine = create_engine(_url(), poolclass=pool.NullPool, hide_parameters=True)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(connection=connection, target_metadata=target_metadata, include_object=not_a_gallery_index)
         with context.begin_transaction():
             context.run_migrations()
     engine.dispose()
