@@ -9,9 +9,13 @@ ApiMetrics(): a registry with
 ApiMetrics.submitted(kind), ApiMetrics.rejected(code), ApiMetrics.answered(method, path, status, seconds);
 ApiMetrics.render() -> (body bytes, content type).
 start_metrics_server(metrics, port, host) -> bool: serve them on host:port (port 0 = off).
+start_multiprocess_metrics_server(folder, port, host) -> bool: the same for the sum of several
+processes writing to folder (PROMETHEUS_MULTIPROC_DIR, `python -m api --workers N`); render() then
+answers the sum too.
 """
 
 import logging
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -80,7 +84,29 @@ class ApiMetrics:
         self.rejections.labels(code=code).inc()
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        return generate_latest(_summed(folder) if folder else self.registry), CONTENT_TYPE_LATEST
+
+
+def _summed(folder: str) -> CollectorRegistry:
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)
+    return registry
+
+
+def start_multiprocess_metrics_server(folder: str, port: int, host: str) -> bool:
+    """Serve the metrics every process writes to folder on host:port; False when off or taken."""
+    if not port:
+        return False
+    try:
+        start_http_server(port, addr=host, registry=_summed(folder))
+    except OSError as exc:
+        log.warning("metrics port unavailable", extra={"port": port, "error": str(exc)})
+        return False
+    log.info("metrics served", extra={"port": port, "processes": "all"})
+    return True
 
 
 def start_metrics_server(metrics: ApiMetrics, port: int, host: str) -> bool:

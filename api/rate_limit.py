@@ -5,6 +5,8 @@ seconds until the window ends (per API key: counts the request).
 failures_retry_after_s(redis, address, limit, window_s, now=None) -> the same for the failed
 authentications of a client address, read without counting; count_failure(redis, address,
 window_s, now=None) counts one. Redis keys hold hashes of API keys and addresses, never them.
+check_both(redis, address, key, ...) -> (address Retry-After | None, key Retry-After | None):
+both checks above (the key's request counted) in one round trip.
 """
 
 import hashlib
@@ -52,3 +54,36 @@ def count_failure(redis, address: str, window_s: int, now: float | None = None) 
     pipe.incr(name)
     pipe.expire(name, window_s + 1)
     pipe.execute()
+
+
+def check_both(
+    redis,
+    address: str,
+    key: str | None,
+    failure_limit: int,
+    failure_window_s: int,
+    rate_limit: int,
+    rate_window_s: int,
+    now: float | None = None,
+) -> tuple[int | None, int | None]:
+    """The address check (when failure_limit) and the key's count (when rate_limit and a key) in one
+    pipeline: (Retry-After of the address or None, Retry-After of the key or None)."""
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=False)
+    if failure_limit:
+        pipe.get(_name(FAILURE_PREFIX, address, int(now // failure_window_s)))
+    if rate_limit and key:
+        name = _name(PREFIX, key, int(now // rate_window_s))
+        pipe.incr(name)
+        pipe.expire(name, rate_window_s + 1)
+    if not len(pipe):
+        return None, None
+    replies = pipe.execute()
+    address_retry = key_retry = None
+    if failure_limit:
+        failures = int(replies.pop(0) or 0)
+        if failures >= failure_limit:
+            address_retry = _retry(int(now // failure_window_s), failure_window_s, now)
+    if rate_limit and key and replies[0] > rate_limit:
+        key_retry = _retry(int(now // rate_window_s), rate_window_s, now)
+    return address_retry, key_retry

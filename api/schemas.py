@@ -122,11 +122,81 @@ class Job(BaseModel):
     )
     result: VerifyResult | IdentifyResult | EnrollResult | None
     model_version: str | None
-    batch_id: str | None
+    batch_id: str | None = Field(description="The worker batch that ran the job (one forward pass).")
+    submit_batch_id: str | None = Field(
+        None, description="The POST /v1/batches request that submitted the job; null for a single submit."
+    )
     attempts: int
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+BatchKind = Literal["enroll", "verify", "identify"]
+REF_FIELD = Field(None, max_length=128, description="Any string of the client's, echoed in the answer.")
+
+
+class BatchEnrollment(EnrollmentRequest):
+    kind: Literal["enroll"]
+    ref: str | None = REF_FIELD
+    subject_id: str = Field(description="The subject to enroll the images for.")
+
+
+class BatchVerification(VerificationRequest):
+    kind: Literal["verify"]
+    ref: str | None = REF_FIELD
+
+
+class BatchIdentification(IdentificationRequest):
+    kind: Literal["identify"]
+    ref: str | None = REF_FIELD
+
+
+BATCH_ITEM_MODELS: dict[str, type[_Request]] = {
+    "enroll": BatchEnrollment,
+    "verify": BatchVerification,
+    "identify": BatchIdentification,
+}
+
+
+class BatchRequest(BaseModel):
+    jobs: list[BatchEnrollment | BatchVerification | BatchIdentification] = Field(
+        description="1 to max_batch_jobs items, each a single-job body plus its kind (and an optional ref)."
+    )
+
+
+class BatchItemAnswer(BaseModel):
+    index: int
+    ref: str | None
+    job_id: str | None = Field(description="The job's id; null when the item was refused.")
+    error: ErrorDetail | None = Field(description="Why the item was refused (the single routes' codes).")
+
+
+class BatchAccepted(BaseModel):
+    id: str
+    accepted: int
+    rejected: int
+    items: list[BatchItemAnswer] = Field(description="One per item, in request order.")
+
+
+class StatusCounts(BaseModel):
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+
+
+class Batch(BaseModel):
+    id: str
+    created_at: datetime
+    counts: StatusCounts
+    jobs: list[Job]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
+
+
+class JobList(BaseModel):
+    jobs: list[Job] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
 
 
 class TemplateCount(BaseModel):
@@ -138,6 +208,11 @@ class Subject(BaseModel):
     subject_id: str
     created_at: datetime
     templates: list[TemplateCount] = Field(description="Templates per model version.")
+
+
+class SubjectList(BaseModel):
+    subjects: list[Subject] = Field(description="Ordered by subject_id.")
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last page.")
 
 
 class Health(BaseModel):

@@ -3,7 +3,8 @@
 read_submission(request, model, image_field) -> (model instance, [image bytes]).
 decode_base64(text, index) -> bytes, or 422 "bad_base64".
 SubmitContext (a dependency): blobs, publisher, database URL, settings, metrics.
-accept(context, tenant_id, job_request, idempotency_key) -> 202 JSONResponse with Location.
+accept(context, tenant_id, job_request, idempotency_key) -> 202 OrjsonResponse with Location.
+request_body_json(model) -> openapi_extra for a route that takes model as JSON only.
 """
 
 import base64
@@ -16,12 +17,12 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from api.deps import get_backends, get_blobs, get_database_url, get_publisher
 from api.errors import ApiError
+from api.responses import OrjsonResponse
 from shared.jobs import JobRequest, job_json, submit_job
 from shared.settings import Settings
 
@@ -50,6 +51,11 @@ def submit_context(
 
 
 Context = Annotated[SubmitContext, Depends(submit_context)]
+
+
+def request_body_json(model: type[BaseModel]) -> dict:
+    """openapi_extra for a route that takes model as its JSON body (read by the route itself)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 def decode_base64(text: str, index: int) -> bytes:
@@ -131,7 +137,7 @@ async def read_submission(request: Request, model: type[BaseModel], image_field:
 
 async def accept(
     context: SubmitContext, tenant_id: uuid.UUID, job_request: JobRequest, idempotency_key: str | None
-) -> JSONResponse:
+) -> OrjsonResponse:
     """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay)."""
     submitted = await run_in_threadpool(
         submit_job,
@@ -149,4 +155,4 @@ async def accept(
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not submitted.created:
         headers[REPLAY_HEADER] = "true"
-    return JSONResponse(job_json(job), status_code=202, headers=headers)
+    return OrjsonResponse(job_json(job), status_code=202, headers=headers)

@@ -1,11 +1,14 @@
 """Load benchmark: an open-loop HTTP generator against the real stack, on loopback only.
 
 Run: python -m bench.load [--rates 2,5,10,15,20,30,40] [--duration 10] [--out bench/results/load.json]
+     python -m bench.load --enqueue-only   (the two enqueue rates alone, about a minute)
 
 A private stack (Valkey, Postgres, file blobs, the API, one worker with default settings) in a
 temporary folder. Three measurements:
 - enqueue: with no worker consuming, `--enqueue-jobs` verifications posted as fast as the API
-  answers them (`--concurrency` in flight): the API's own enqueue rate (jobs/s) and its latency;
+  (`python -m api`, `--api-workers` processes) answers them, from `--clients` processes with
+  `--concurrency` requests in flight each, and the same jobs again as POST /v1/batches of
+  `--batch-size` verifications: the API's enqueue rates (jobs/s), latency and CPU (bench/enqueue.py);
 - load: at each fixed arrival rate, verifications are sent on schedule for `--duration` seconds
   whether or not earlier ones were answered (open loop; httpx.AsyncClient), then the generator
   waits up to `--drain` seconds for the jobs: API submit latency p50/p99, completion latency
@@ -17,6 +20,8 @@ Prints a table, writes JSON and a PNG of the latency percentiles against offered
 
 import argparse
 import asyncio
+import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,12 +33,10 @@ from bench.harness import (
     enroll_all,
     http_client,
     load_faces,
-    purge_queues,
-    submit_all,
     verify_bodies,
     wait_jobs,
 )
-from bench.stats import RESULTS_DIR, max_rate_under, percentile, summarize, write_results
+from bench.stats import RESULTS_DIR, max_rate_under, percentile, write_results
 
 RATES = (2, 5, 10, 15, 20, 30, 40)
 RESULTS = RESULTS_DIR / "load.json"
@@ -128,19 +131,21 @@ def load_step(stack: BenchStack, bodies: list[dict], rate: float, drain_s: float
     }
 
 
-def measure_enqueue(stack: BenchStack, bodies: list[dict], concurrency: int) -> dict:
-    """Closed-loop submissions with no worker consuming: the API's enqueue rate; queues emptied after."""
-    start = time.monotonic()
-    sent = submit_all(stack.api_url, stack.key, "/v1/verifications", bodies, concurrency)
-    elapsed = time.monotonic() - start
-    purge_queues(stack)
-    accepted = [s for s in sent if s.job_id]
+def measure_enqueue(stack: BenchStack, bodies: list[dict], args) -> dict:
+    """Both enqueue rates with no worker consuming: single submits, then batches."""
+    from bench.enqueue import batch_bodies, measure
+
+    singles = [json.dumps(body).encode() for body in bodies]
+    single = measure(stack, singles, "/v1/verifications", args.clients, args.concurrency)
+    batches = batch_bodies(bodies, args.batch_size)
+    batch = measure(stack, batches, "/v1/batches", args.clients, args.batch_concurrency)
+    batch["batch_size"] = args.batch_size
     return {
-        "jobs": len(bodies),
-        "accepted": len(accepted),
-        "concurrency": concurrency,
-        "jobs_per_s": len(accepted) / elapsed,
-        "latency_s": summarize([s.latency_s for s in accepted]),
+        "enqueue_jobs_per_s": single["jobs_per_s"],
+        "batch_enqueue_jobs_per_s": batch["jobs_per_s"],
+        "enqueue": single,
+        "batch_enqueue": batch,
+        "api_workers": args.api_workers or os.cpu_count(),
     }
 
 
@@ -156,9 +161,11 @@ def run(args, faces_dir: Path) -> dict:
     most = int(max(rates) * args.duration)
     bodies = verify_bodies(faces, max(most, args.enqueue_jobs))
     with BenchStack() as stack:
-        stack.start_api()
-        say(f"enqueue rate: {args.enqueue_jobs} verifications, no worker consuming")
-        enqueue = measure_enqueue(stack, bodies[: args.enqueue_jobs], args.concurrency)
+        stack.start_api(api_workers=args.api_workers)
+        say(f"enqueue rates: {args.enqueue_jobs} verifications, singly and in batches, no worker consuming")
+        enqueue = measure_enqueue(stack, bodies[: args.enqueue_jobs], args)
+        if args.enqueue_only:
+            return {**enqueue, "machine": machine(resolve_device("auto"))}
         worker = stack.start_worker()
         enroll_all(stack, faces)
         load_step(stack, bodies[:10], 10, args.drain)  # warm-up
@@ -176,9 +183,8 @@ def run(args, faces_dir: Path) -> dict:
                     say(f"completion p95 over {args.stop_above:g} s: higher rates not tried")
                     break
     return {
-        "enqueue_jobs_per_s": enqueue["jobs_per_s"],
+        **enqueue,
         "max_rate_p95_under_1s": max_rate_under(steps, P95_LIMIT_S),
-        "enqueue": enqueue,
         "steps": steps,
         "peak_rss_mib": memory.peak_mib,
         "workload": {
@@ -245,7 +251,7 @@ def print_tables(results: dict) -> None:
     def sec(value):
         return "-" if value is None or value == float("inf") else f"{value:.2f}"
 
-    for s in results["steps"]:
+    for s in results.get("steps", []):
         table.add_row(
             f"{s['rate']:g}",
             str(s["sent"]),
@@ -256,19 +262,30 @@ def print_tables(results: dict) -> None:
             sec(s["completion_p95_s"]),
             sec(s["completion_p99_s"]),
         )
-    console.print(table)
-    enqueue = results["enqueue"]
+    if results.get("steps"):
+        console.print(table)
     summary = Table(title="load summary", show_header=False)
     summary.add_column("measure")
     summary.add_column("value", justify="right")
-    best = results["max_rate_p95_under_1s"]
-    summary.add_row("highest rate with completion p95 < 1 s", "none" if best is None else f"{best:g} jobs/s")
-    summary.add_row("API enqueue rate, no worker consuming", f"{enqueue['jobs_per_s']:.0f} jobs/s")
+    best = results.get("max_rate_p95_under_1s")
+    if "steps" in results:
+        summary.add_row("highest rate with completion p95 < 1 s", "none" if best is None else f"{best:g} jobs/s")
+    for name, label in (("enqueue", "single submits"), ("batch_enqueue", "POST /v1/batches")):
+        run = results[name]
+        summary.add_row(f"API enqueue rate, {label}, no worker consuming", f"{run['jobs_per_s']:.0f} jobs/s")
+        summary.add_row(
+            f"  latency p50 / p99 per request, {run['concurrency']} in flight x {run['client_processes']} clients",
+            f"{1000 * run['latency_s']['p50']:.0f} / {1000 * run['latency_s']['p99']:.0f} ms",
+        )
+        summary.add_row(
+            "  API CPU per job; API / generator share of the cores",
+            f"{1000 * (run['api_cpu_s_per_job'] or 0):.2f} ms; {run['api_cpu_share']:.0%} / {run['client_cpu_share']:.0%}",
+        )
+    summary.add_row("API processes", str(results.get("api_workers")))
     summary.add_row(
-        "API enqueue latency p50 / p99",
-        f"{1000 * enqueue['latency_s']['p50']:.0f} / {1000 * enqueue['latency_s']['p99']:.0f} ms",
+        "load average during the enqueue runs", " ".join(f"{v:.1f}" for v in results["enqueue"]["load_average"])
     )
-    for name, mib in results["peak_rss_mib"].items():
+    for name, mib in results.get("peak_rss_mib", {}).items():
         summary.add_row(f"peak RSS, {name}", f"{mib:.0f} MiB")
     console.print(summary)
 
@@ -281,12 +298,23 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10, help="seconds of arrivals per rate")
     parser.add_argument("--drain", type=float, default=60, help="seconds to wait for a rate's jobs")
     parser.add_argument("--stop-above", type=float, default=5, help="stop once completion p95 exceeds this (s)")
-    parser.add_argument("--enqueue-jobs", type=int, default=300, help="jobs for the enqueue-rate measurement")
-    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight, enqueue measurement")
+    parser.add_argument("--enqueue-jobs", type=int, default=3000, help="jobs for the enqueue-rate measurements")
+    parser.add_argument("--enqueue-only", action="store_true", help="only the enqueue rates (no worker, no load)")
+    parser.add_argument("--api-workers", type=int, default=0, help="API processes (0: one per core)")
+    parser.add_argument("--clients", type=int, default=3, help="client processes, enqueue measurements")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight per client, single submits")
+    parser.add_argument("--batch-size", type=int, default=100, help="jobs per POST /v1/batches")
+    parser.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight per client")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results file")
     parser.add_argument("--plot", type=Path, default=PLOT, help="PNG of latency against offered load")
     args = parser.parse_args()
     results = run(args, get_settings().faces_dir)
+    if args.enqueue_only:  # keep the load figures of the last full run
+        earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
+        write_results(args.out, {**earlier, **results})
+        print_tables(results)
+        print(f"wrote {args.out}")
+        return
     write_results(args.out, results)
     plot(results, args.plot)
     print_tables(results)

@@ -31,7 +31,8 @@ from shared.callback_guard import CallbackRefused, allowed_networks, check_callb
 from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.messages import MAX_IMAGES, JobMessage
-from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
+from shared.publish import publish_all
+from shared.queues import QUEUE_FOR_KIND
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -249,14 +250,10 @@ def message_for(job: Job) -> JobMessage:
 
 
 def publish(celery, message: JobMessage) -> None:
-    """Send the job's message to its kind's queue; the task id is the job id."""
-    celery.send_task(
-        RUN_JOBS_TASK,
-        kwargs=message.model_dump(mode="json"),
-        queue=QUEUE_FOR_KIND[message.kind],
-        task_id=message.job_id,
-        retry=True,
-        retry_policy=PUBLISH_RETRY,
+    """Send the job's message to its kind's queue; the task id is the job id (one Redis round
+    trip, shared/publish.py; a short retry when it fails)."""
+    publish_all(
+        celery, [message], retries=int(PUBLISH_RETRY["max_retries"]), retry_wait_s=PUBLISH_RETRY["interval_step"]
     )
 
 
@@ -281,6 +278,7 @@ def job_json(job: Job) -> dict:
         "result": job.result,
         "model_version": job.model_version,
         "batch_id": job.batch_id,
+        "submit_batch_id": str(job.submit_batch_id) if job.submit_batch_id else None,
         "attempts": job.attempts,
         "submitted_at": _iso(job.submitted_at),
         "started_at": _iso(job.started_at),

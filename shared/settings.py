@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = 20 * 1024 * 1024
     max_images_per_enrollment: int = MAX_IMAGES
     max_top_k: int = 100
+    max_batch_jobs: int = Field(1000, ge=1)  # items of one POST /v1/batches
+    # How long the API trusts a looked-up API key: a revoked key works at most this long after.
+    key_cache_s: float = Field(5.0, ge=0)
+    # API processes of `python -m api` (uvicorn workers); 0: one per CPU core.
+    api_workers: int = Field(0, ge=0)
+    # Postgres connections per API process (the async pool; overflow the same again).
+    api_db_pool: int = Field(16, ge=1)
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Prometheus endpoints on their own ports, never behind the ingress: the API's (`python -m api`)

@@ -1,4 +1,5 @@
-"""GET /v1/subjects/{subject_id}: the subject and its templates per model version.
+"""GET /v1/subjects: the tenant's subjects ordered by subject_id, a page at a time (api/cursor.py).
+GET /v1/subjects/{subject_id}: the subject and its templates per model version.
 DELETE /v1/subjects/{subject_id}: erase its templates, the subject, its stored images and the
 images of its past jobs, with an audit record.
 
@@ -11,15 +12,18 @@ import logging
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import delete, func, select, update
 
+from api import cursor
 from api.auth import Tenant, bearer
 from api.deps import get_blobs, get_database_url
 from api.errors import ApiError
+from api.responses import OrjsonResponse
 from api.schemas import Subject as SubjectOut
-from api.schemas import errors
+from api.schemas import SubjectList, errors
 from shared import outbox
 from shared.blob import BlobStore
 from shared.db.models import FINAL_STATUSES, AuditRecord, Job, Subject, Template
@@ -33,6 +37,7 @@ router = APIRouter(prefix="/v1", tags=["subjects"])
 SUBJECT_KINDS = ("enroll", "reenroll", "verify")  # jobs that name a subject
 SUBJECT_DELETED = "subject_deleted"
 SUBJECT_ERASED = "subject_erased"  # AuditRecord.action
+MAX_PAGE = 1000
 
 
 def _check(subject_id: str) -> None:
@@ -107,6 +112,52 @@ def erase_subject(session, tenant_id: uuid.UUID, subject_id: str, key_prefix: st
         )
     )
     return sorted(keys)
+
+
+def subjects_page(database_url: str, tenant_id: uuid.UUID, limit: int, after: str | None) -> dict:
+    """limit subjects after the subject_id `after`, with their template counts; next_cursor."""
+    query = select(Subject).where(Subject.tenant_id == tenant_id)
+    if after is not None:
+        query = query.where(Subject.external_id > after)
+    with session_scope(database_url) as session:
+        subjects = session.scalars(query.order_by(Subject.external_id).limit(limit + 1)).all()
+        more = len(subjects) > limit
+        subjects = subjects[:limit]
+        counts: dict[uuid.UUID, list[dict]] = {subject.id: [] for subject in subjects}
+        rows = session.execute(
+            select(Template.subject_id, Template.model_version, func.count())
+            .where(Template.subject_id.in_(list(counts)))
+            .group_by(Template.subject_id, Template.model_version)
+            .order_by(Template.model_version)
+        ).all()
+    for subject_uuid, version, count in rows:
+        counts[subject_uuid].append({"model_version": version, "count": count})
+    return {
+        "subjects": [
+            {"subject_id": s.external_id, "created_at": s.created_at.isoformat(), "templates": counts[s.id]}
+            for s in subjects
+        ],
+        "next_cursor": cursor.encode((subjects[-1].external_id,)) if more else None,
+    }
+
+
+@router.get(
+    "/subjects",
+    operation_id="list_subjects",
+    response_model=SubjectList,
+    responses=errors(401, 422),
+    summary="The tenant's subjects, ordered by subject_id",
+)
+async def list_subjects(
+    tenant_id: Tenant,
+    database_url: Annotated[str, Depends(get_database_url)],
+    limit: Annotated[int, Query(description=f"Subjects per page, 1 to {MAX_PAGE}.")] = 100,
+    cursor_: Annotated[str | None, Query(alias="cursor", description="next_cursor of the previous page.")] = None,
+) -> OrjsonResponse:
+    """A page of the tenant's subjects; next_cursor is null on the last page."""
+    limit = cursor.page_limit(limit, MAX_PAGE)
+    after = cursor.decode(cursor_, (str,))[0] if cursor_ else None
+    return OrjsonResponse(await run_in_threadpool(subjects_page, database_url, tenant_id, limit, after))
 
 
 @router.get(

@@ -103,6 +103,8 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_jobs_status_submitted", "status", "submitted_at"),
+        Index("ix_jobs_submit_batch", "submit_batch_id", postgresql_where=text("submit_batch_id IS NOT NULL")),
+        Index("ix_jobs_tenant_submitted", "tenant_id", text("submitted_at DESC"), text("id DESC")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=new_id)
@@ -125,9 +127,27 @@ class Job(Base):
     # False for a job with an idempotency key from its insert until its message is on the queue:
     # a replay waits for it (shared/jobs.py).
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The POST /v1/batches request that submitted the job (batch_id is the worker batch that ran it).
+    submit_batch_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SubmitBatch(Base):
+    """One POST /v1/batches: its Idempotency-Key and its answer (replayed for the same key and body)."""
+
+    __tablename__ = "submit_batches"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    answer: Mapped[dict] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
+    # False for a batch with an idempotency key until its messages are on the queues.
+    published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class AuditRecord(Base):

@@ -1,6 +1,6 @@
 """Engine and sessions. One engine per database URL per process.
 
-get_engine(url) -> Engine; get_sessionmaker(url) -> sessionmaker; session_scope(url) -> a session
+get_engine(url, pool_size=None) -> Engine; get_sessionmaker(url) -> sessionmaker; session_scope(url) -> a session
 that commits on success and rolls back on error. `url` defaults to resolve().database_url.
 """
 
@@ -28,12 +28,15 @@ def _default_url() -> str:
     return resolve().database_url
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The cached engine for `url` (default: the resolved database URL)."""
+def get_engine(url: str | None = None, pool_size: int | None = None) -> Engine:
+    """The cached engine for `url` (default: the resolved database URL). pool_size (kept
+    connections, and as many again in overflow) counts when the engine is made: a process that
+    serves many concurrent requests (the API) makes it first with its own size."""
     url = normalise_url(url or _default_url())
     engine = _engines.get(url)
     if engine is None:
-        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)  # no descriptors in logs
+        pool = {"pool_size": pool_size, "max_overflow": pool_size} if pool_size else {}
+        engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, **pool)  # no descriptors in logs
         _engines[url] = engine
     return engine
 

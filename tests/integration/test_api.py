@@ -121,15 +121,21 @@ def test_unknown_or_malformed_key_is_401(api_client, tenants):
         assert error_code(response) == "unauthorized"
 
 
-def test_revoked_key_is_401(api_client, services, make_key):
+def test_revoked_key_is_401(services, make_key):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
     from shared.db.session import session_scope
     from shared.keys import revoke_api_key
+    from shared.settings import get_settings
 
     key = make_key(f"api-revoked-{uuid.uuid4().hex[:8]}")
-    assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 404
-    with session_scope(services.database_url) as session:
-        assert revoke_api_key(session, key)
-    assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 401
+    # No key cache here: with one, a revocation counts within key_cache_s (tests/integration/test_listing.py).
+    with TestClient(create_app(get_settings().model_copy(update={"key_cache_s": 0}))) as api_client:
+        assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 404
+        with session_scope(services.database_url) as session:
+            assert revoke_api_key(session, key)
+        assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 401
 
 
 # --- submitting ------------------------------------------------------------------------------

@@ -128,15 +128,16 @@ def test_rate_limit_per_key_with_retry_after(services, make_key):
         assert client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(second)).status_code == 404  # per key
 
 
-def test_keys_revoke_command(api_client, make_key):
+def test_keys_revoke_command(services, make_key):
     from cli.main import cli
 
     key = make_key(f"revoke-{uuid.uuid4().hex[:8]}")
-    assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 404
-    result = CliRunner().invoke(cli, ["keys", "revoke", "-"], input=key + "\n")
-    assert result.exit_code == 0, result.output
-    assert key not in result.output and key[:12] in result.output
-    assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 401
+    with app_client(key_cache_s=0) as api_client:  # no key cache: the revocation counts at once
+        assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 404
+        result = CliRunner().invoke(cli, ["keys", "revoke", "-"], input=key + "\n")
+        assert result.exit_code == 0, result.output
+        assert key not in result.output and key[:12] in result.output
+        assert api_client.get(f"/v1/jobs/{uuid.uuid4()}", headers=auth(key)).status_code == 401
     again = CliRunner().invoke(cli, ["keys", "revoke", key])
     assert again.exit_code != 0
 
@@ -271,6 +272,10 @@ ISOLATED_ROUTES = {
     ("GET", "/v1/jobs/{job_id}"),
     ("GET", "/v1/subjects/{subject_id}"),
     ("DELETE", "/v1/subjects/{subject_id}"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches/{batch_id}"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/subjects"),
 }
 
 DESCRIPTOR_RUN = re.compile(r"(-?\d+\.\d{3,}\s*,\s*){12,}")  # a long list of floats
@@ -319,6 +324,24 @@ def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(
     assert api_client.delete("/v1/subjects/same-name", headers=auth(key_b)).status_code == 204
     mine = api_client.get("/v1/subjects/same-name", headers=auth(key_a))
     assert mine.status_code == 200 and sum(t["count"] for t in mine.json()["templates"]) == 1
+    # The list and batch routes: each tenant sees only its own rows.
+    listed = {job["id"] for job in api_client.get("/v1/jobs", headers=auth(key_b)).json()["jobs"]}
+    assert listed == {verify_b, identify_b}
+    polled = api_client.get("/v1/jobs", params={"ids": f"{enroll_a},{verify_a},{verify_b}"}, headers=auth(key_b))
+    assert [job["id"] for job in polled.json()["jobs"]] == [verify_b]
+    assert api_client.get("/v1/subjects", headers=auth(key_b)).json()["subjects"] == []
+    assert [s["subject_id"] for s in api_client.get("/v1/subjects", headers=auth(key_a)).json()["subjects"]] == [
+        "same-name"
+    ]
+    batch = api_client.post(
+        "/v1/batches", json={"jobs": [{"kind": "identify", "image": b64(sent[2])}]}, headers=auth(key_a)
+    )
+    assert batch.status_code == 202, batch.text
+    batch_job = batch.json()["items"][0]["job_id"]
+    jobs[batch_job] = wait_final(api_client, key_a, [batch_job])[batch_job]
+    assert api_client.get(batch.headers["Location"], headers=auth(key_b)).status_code == 404
+    assert api_client.get(batch.headers["Location"], headers=auth(key_a)).json()["counts"]["succeeded"] == 1
+    assert api_client.get(f"/v1/jobs/{batch_job}", headers=auth(key_b)).status_code == 404
     for job in jobs.values():  # results hold no image data
         assert not BASE64_RUN.search(json.dumps(job))
     metrics = api_client.app.state.metrics.render()[0].decode()  # counts only: no tenants, subjects or keys
