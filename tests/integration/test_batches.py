@@ -181,3 +181,45 @@ def test_the_jobs_of_a_batch_complete(api_client, make_key, start_worker, faces_
     assert by_ref["unknown"]["status"] == "failed" and by_ref["unknown"]["error"]["code"] == "subject_not_found"
     counts = api_client.get(f"/v1/batches/{answer['id']}", headers=auth(key)).json()["counts"]
     assert counts == {"queued": 0, "running": 0, "succeeded": 2, "failed": 1}
+
+
+def test_a_batch_the_queue_cannot_take_is_503_and_leaves_nothing(services, make_key, redis_client):
+    """A broker that does not answer: 503 queue_unavailable, no batch, no job row, no stored image;
+    the same Idempotency-Key then works once the broker is back."""
+    from celery import Celery
+    from fastapi.testclient import TestClient
+    from sqlalchemy import func, select
+
+    from api.app import create_app
+    from api.deps import get_publisher
+    from celeryconfig import celery_config
+    from shared import stack
+    from shared.db.models import Job, SubmitBatch
+    from shared.db.session import session_scope
+    from shared.settings import get_settings
+    from tests.integration.test_api import blob_dir
+    from tests.integration.test_listing import tenant_of
+
+    key = make_key(f"batch-dead-{uuid.uuid4().hex[:8]}")
+    tenant_id = tenant_of(services, key)
+    dead = Celery("dead-broker")
+    dead.conf.update(celery_config(get_settings()))
+    dead.conf.broker_url = f"redis://127.0.0.1:{stack.free_port()}/0"
+    app = create_app()
+    app.dependency_overrides[get_publisher] = lambda: dead
+    body = {"jobs": [{"kind": "identify", "image": b64(png(50 + i))} for i in range(3)]}
+    headers = auth(key, **{"Idempotency-Key": "dead-broker"})
+    with TestClient(app) as client:
+        response = client.post("/v1/batches", json=body, headers=headers)
+    assert response.status_code == 503 and error_code(response) == "queue_unavailable", response.text
+    with session_scope(services.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)) == 0
+        assert (
+            session.scalar(select(func.count()).select_from(SubmitBatch).where(SubmitBatch.tenant_id == tenant_id)) == 0
+        )
+    tenant_blobs = blob_dir(services) / str(tenant_id)
+    assert not tenant_blobs.exists() or not [p for p in tenant_blobs.rglob("*") if p.is_file()]
+    with app_client() as client:
+        retried = client.post("/v1/batches", json=body, headers=headers)
+    assert retried.status_code == 202 and retried.json()["accepted"] == 3
+    drain(redis_client, job_ids(retried.json()))
