@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.deps import get_backends, get_database_url
+from api.deps import backends_of, get_database_url
 from api.errors import ApiError
 from api.rate_limit import check_both, count_failure
 from shared.db.session import session_scope
@@ -46,7 +46,7 @@ def _rate_limited(retry: int, message: str) -> ApiError:
 def _limits(request: Request, key: str | None) -> tuple[int | None, int | None]:
     """(Retry-After of the client address, of the key): one Redis round trip; a Redis error lets
     the request through."""
-    backends = get_backends(request)
+    backends = backends_of(request)
     settings = backends.settings
     try:
         return check_both(
@@ -65,7 +65,7 @@ def _limits(request: Request, key: str | None) -> tuple[int | None, int | None]:
 
 def _failed(request: Request, message: str) -> ApiError:
     """Count a failed authentication of the client address; the 401 to raise."""
-    backends = get_backends(request)
+    backends = backends_of(request)
     if backends.settings.auth_failure_limit:
         try:
             count_failure(backends.redis, _address(request), backends.settings.auth_failure_window_s)
@@ -81,7 +81,7 @@ async def require_tenant(
 ) -> uuid.UUID:
     """The tenant owning the Bearer key of this request. The key's tenant comes from the
     in-process cache (api/keycache.py) when it was looked up less than key_cache_s ago."""
-    backends = get_backends(request)
+    backends = backends_of(request)
     settings = backends.settings
     key = credentials.credentials if credentials is not None and credentials.credentials else None
     address_retry = key_retry = None

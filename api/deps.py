@@ -1,11 +1,12 @@
 """What routes depend on, made once per app and opened on first use.
 
 Backends(settings): urls, blobs, celery, redis (each opened lazily; keys, the API key cache, so the app starts without them).
-get_backends(request) -> Backends; get_blobs, get_publisher (the Celery app that sends jobs),
+backends_of(request) -> Backends; get_backends, get_blobs, get_publisher (the Celery app that sends jobs),
 get_database_url: FastAPI dependencies, replaceable through app.dependency_overrides.
 """
 
 from functools import cached_property
+from typing import Any
 
 from fastapi import Request
 
@@ -59,21 +60,27 @@ class Backends:
             self.redis.close()
 
 
-def get_backends(request: Request) -> Backends:
+def backends_of(request: Request) -> Backends:
     return request.app.state.backends
 
 
-def get_settings_of(request: Request) -> Settings:
-    return request.app.state.backends.settings
+# The dependencies are coroutines: FastAPI runs a plain function dependency in its thread pool,
+# a thread hop per dependency per request for what is an attribute read.
+async def get_backends(request: Request) -> Backends:
+    return backends_of(request)
 
 
-def get_database_url(request: Request) -> str:
-    return get_backends(request).database_url
+async def get_settings_of(request: Request) -> Settings:
+    return backends_of(request).settings
 
 
-def get_blobs(request: Request):
-    return get_backends(request).blobs
+async def get_database_url(request: Request) -> str:
+    return backends_of(request).database_url
 
 
-def get_publisher(request: Request):
-    return get_backends(request).celery
+async def get_blobs(request: Request) -> Any:
+    return backends_of(request).blobs
+
+
+async def get_publisher(request: Request) -> Any:
+    return backends_of(request).celery

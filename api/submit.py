@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from api.deps import get_backends, get_blobs, get_database_url, get_publisher
+from api.deps import backends_of, get_blobs, get_database_url, get_publisher
 from api.errors import ApiError
 from api.responses import OrjsonResponse
 from shared.jobs import JobRequest, job_json, submit_job
@@ -40,13 +40,13 @@ class SubmitContext:
     metrics: Any
 
 
-def submit_context(
+async def submit_context(
     request: Request,
     blobs: Annotated[Any, Depends(get_blobs)],
     publisher: Annotated[Any, Depends(get_publisher)],
     database_url: Annotated[str, Depends(get_database_url)],
 ) -> SubmitContext:
-    backends = get_backends(request)
+    backends = backends_of(request)
     return SubmitContext(blobs, publisher, database_url, backends.settings, request.app.state.metrics)
 
 

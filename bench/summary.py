@@ -95,7 +95,12 @@ def build(model: dict | None, batching: dict | None, load: dict | None, cold: di
                 "none tried" if best is None else f"{best:g} verifications/s",
                 "python -m bench.load",
             ],
-            ["API enqueue rate, one process", "-", f"{load['enqueue_jobs_per_s']:.0f} jobs/s", "python -m bench.load"],
+            [
+                "API enqueue rate, single submits / batches of 100",
+                "-",
+                f"{load['enqueue_jobs_per_s']:.0f} / {load.get('batch_enqueue_jobs_per_s', float('nan')):.0f} jobs/s",
+                "python -m bench.load --enqueue-only",
+            ],
             [
                 "peak RSS worker / API under load",
                 "-",
