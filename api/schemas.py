@@ -5,9 +5,9 @@ images in JSON are standard base64, or {"uri": ...} naming an object the worker 
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from shared.jobs import SUBJECT_ID_PATTERN
 
@@ -32,7 +32,15 @@ class ImageUri(BaseModel):
     uri: str = Field(description="s3://bucket/key, or file:///path for a local blob folder.")
 
 
-Image = str | ImageUri
+def _image_kind(value: Any) -> str:
+    return "uri" if isinstance(value, (dict, ImageUri)) else "base64"
+
+
+# One member validates each value, so a wrong item gives one error, not one per member.
+Image = Annotated[
+    Annotated[str, Tag("base64")] | Annotated[ImageUri, Tag("uri")],
+    Discriminator(_image_kind),
+]
 
 
 class EnrollmentRequest(_Request):
