@@ -1,13 +1,13 @@
 """Request and response models: what /docs and /openapi.json describe.
 
 Submit bodies come as JSON (these models) or as multipart forms (the *_FORM schemas below);
-images in JSON are standard base64.
+images in JSON are standard base64, or {"uri": ...} naming an object the worker reads (ImageUri).
 """
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from shared.jobs import SUBJECT_ID_PATTERN
 
@@ -24,17 +24,38 @@ class _Request(BaseModel):
     )
 
 
+class ImageUri(BaseModel):
+    """An image by reference, read by the worker; allowed only under the tenant's image_uri_prefixes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"uri": "s3://bucket/faces/ana/1.jpg"}]})
+
+    uri: str = Field(description="s3://bucket/key, or file:///path for a local blob folder.")
+
+
+def _image_kind(value: Any) -> str:
+    return "uri" if isinstance(value, (dict, ImageUri)) else "base64"
+
+
+# One member validates each value, so a wrong item gives one error, not one per member.
+Image = Annotated[
+    Annotated[str, Tag("base64")] | Annotated[ImageUri, Tag("uri")],
+    Discriminator(_image_kind),
+]
+
+
 class EnrollmentRequest(_Request):
-    images: list[str] = Field(default_factory=list, description="1 to max_images_per_enrollment base64 images.")
+    images: list[Image] = Field(
+        default_factory=list, description="1 to max_images_per_enrollment images: base64, or {uri}."
+    )
 
 
 class VerificationRequest(_Request):
     subject_id: str | None = Field(None, description="The enrolled subject to compare with.")
-    image: str | None = Field(None, description="The probe image, base64.")
+    image: Image | None = Field(None, description="The probe image: base64, or {uri}.")
 
 
 class IdentificationRequest(_Request):
-    image: str | None = Field(None, description="The probe image, base64.")
+    image: Image | None = Field(None, description="The probe image: base64, or {uri}.")
     top_k: int = Field(5, description="How many candidates to return, 1 to max_top_k.")
 
 
@@ -117,7 +138,7 @@ class Job(BaseModel):
     status: JobStatus
     subject_id: str | None
     error: ErrorDetail | None = Field(
-        description="Set when failed: bad_image, image_too_large, no_face, "
+        description="Set when failed: bad_image, image_too_large, image_not_found, no_face, "
         "multiple_faces, subject_not_found, internal_error."
     )
     result: VerifyResult | IdentifyResult | EnrollResult | None

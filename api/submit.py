@@ -1,7 +1,9 @@
 """What the three submit routes share: reading a JSON or multipart body, and answering 202.
 
-read_submission(request, model, image_field) -> (model instance, [image bytes]).
+read_submission(request, model, image_field) -> (model instance, [image bytes or ImageRef]).
 decode_base64(text, index) -> bytes, or 422 "bad_base64".
+image_of(value, index) -> bytes for a base64 string, ImageRef for {"uri"}, or 422 "uri_not_allowed"
+    for a malformed uri or another scheme (prefixes are checked by shared.jobs.check_references).
 SubmitContext (a dependency): blobs, publisher, database URL, settings, metrics.
 accept(context, tenant_id, job_request, idempotency_key) -> 202 OrjsonResponse with Location.
 request_body_json(model) -> openapi_extra for a route that takes model as JSON only.
@@ -23,6 +25,8 @@ from starlette.datastructures import UploadFile
 from api.deps import backends_of, get_blobs, get_database_url, get_publisher
 from api.errors import ApiError
 from api.responses import OrjsonResponse
+from api.schemas import ImageUri
+from shared.image_refs import BadUri, ImageRef, parse_uri
 from shared.jobs import JobRequest, job_json, submit_job
 from shared.settings import Settings
 
@@ -68,6 +72,16 @@ def decode_base64(text: str, index: int) -> bytes:
         raise ApiError(422, "bad_base64", f"image {index} is not valid base64") from None
 
 
+def image_of(value: str | ImageUri, index: int) -> bytes | ImageRef:
+    """A JSON image field: base64 text, or {"uri": ...}."""
+    if isinstance(value, ImageUri):
+        try:
+            return parse_uri(value.uri)
+        except BadUri as exc:
+            raise ApiError(422, "uri_not_allowed", f"image {index}: {exc}") from None
+    return decode_base64(value, index)
+
+
 def _invalid(exc: ValidationError) -> RequestValidationError:
     errors = [{**err, "loc": ("body", *err.get("loc", ()))} for err in exc.errors(include_input=False)]
     return RequestValidationError(errors)
@@ -100,7 +114,7 @@ async def _read_json(request: Request, model: type[BaseModel], image_field: str)
         raise _invalid(exc) from None
     value = getattr(body, image_field)
     texts = value if isinstance(value, list) else ([] if value is None else [value])
-    return body, [decode_base64(text, i) for i, text in enumerate(texts)]
+    return body, [image_of(text, i) for i, text in enumerate(texts)]
 
 
 async def _read_form(request: Request, model: type[BaseModel], image_field: str):

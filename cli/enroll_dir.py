@@ -1,6 +1,8 @@
 """`biofleet enroll-dir ROOT`: enroll every ROOT/<subject>/<images> through the API.
 
-ROOT is a local folder or s3://bucket/prefix. Each subject is one enroll job of its first K
+ROOT is a local folder (images uploaded) or s3://bucket/prefix (images sent by reference,
+{"uri": "s3://bucket/key"}: the workers read them, so the tenant needs the prefix allowed,
+`biofleet keys image-prefixes`). Each subject is one enroll job of its first K
 images, sent with an Idempotency-Key derived from the subject, its images and its attempt
 number, so a job submitted before an interruption is found again, never enrolled twice. A state
 file (JSON lines) records each subject's job and final status: a rerun skips subjects that
@@ -82,6 +84,15 @@ def _s3_subjects(url: str, samples: int) -> list[SubjectSource]:
             if sep and "/" not in name and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 grouped.setdefault(subject, []).append(entry["Key"])
     return [SubjectSource(s, sorted(keys)[:samples]) for s, keys in sorted(grouped.items())]
+
+
+def image_ref(root: str, location: str) -> dict[str, str] | None:
+    """The JSON image field for an image by reference ({"uri": ...}) under an s3 root; None for a
+    local file, which is uploaded."""
+    if not root.startswith("s3://"):
+        return None
+    bucket, _ = _s3_parts(root)
+    return {"uri": f"s3://{bucket}/{location}"}
 
 
 def read_image(root: str, location: str) -> bytes:
@@ -192,10 +203,14 @@ class Enroller:
                 time.sleep(0.5)
 
     def _post(self, subject: SubjectSource, key: str):
-        files = [("images", (Path(image).name, read_image(self.root, image))) for image in subject.images]
+        refs = [image_ref(self.root, image) for image in subject.images]
+        if all(refs):
+            body: dict = {"json": {"images": refs}}
+        else:
+            body = {"files": [("images", (Path(image).name, read_image(self.root, image))) for image in subject.images]}
         for attempt in range(8):
             response = self.http.post(
-                f"/v1/subjects/{subject.subject_id}/enrollments", files=files, headers={"Idempotency-Key": key}
+                f"/v1/subjects/{subject.subject_id}/enrollments", **body, headers={"Idempotency-Key": key}
             )
             if response.status_code not in RETRY_STATUSES:
                 return response

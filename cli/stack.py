@@ -481,13 +481,26 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--tenant", required=True, help="Tenant name; created when missing.")
-def create_key(tenant: str) -> None:
+@click.option(
+    "--image-uri-prefix",
+    "prefixes",
+    multiple=True,
+    help="Allow images by reference under this prefix (s3://bucket/folder/, file:///folder/); repeatable. "
+    "Replaces the tenant's prefixes when given.",
+)
+def create_key(tenant: str, prefixes: tuple[str, ...]) -> None:
     """Create an API key for TENANT and print it (alone, on stdout). It is shown only once."""
     from shared.db.session import session_scope
+    from shared.image_refs import BadUri, set_tenant_prefixes
     from shared.keys import create_api_key
 
-    with session_scope(database_url()) as session:
-        key = create_api_key(session, tenant)
+    try:
+        with session_scope(database_url()) as session:
+            key = create_api_key(session, tenant)
+            if prefixes:
+                set_tenant_prefixes(session, tenant, list(prefixes))
+    except BadUri as exc:
+        raise click.ClickException(f"bad --image-uri-prefix: {exc}") from None
     click.echo(key)
     click.echo(f"callbacks are signed with the tenant's secret: biofleet webhooks secret --tenant {tenant}", err=True)
 
@@ -506,6 +519,37 @@ def revoke_key(key: str) -> None:
     if not revoked:
         raise click.ClickException("no live key matches")
     click.echo(f"revoked {key[:SHOWN_CHARS]}...")
+
+
+@keys.command("image-prefixes")
+@click.option("--tenant", required=True, help="Tenant name.")
+@click.option("--set", "prefixes", multiple=True, help="A prefix to allow (repeatable); replaces the list.")
+@click.option("--clear", is_flag=True, help="Allow no images by reference.")
+def image_prefixes(tenant: str, prefixes: tuple[str, ...], clear: bool) -> None:
+    """Show, set (--set, repeated) or --clear the prefixes under which TENANT may send images by
+    reference ({"uri": "s3://bucket/key"}); prints them, one a line."""
+    from sqlalchemy import select
+
+    from shared.db.models import Tenant
+    from shared.db.session import session_scope
+    from shared.image_refs import BadUri, set_tenant_prefixes
+
+    if clear and prefixes:
+        raise click.UsageError("--set and --clear do not go together")
+    try:
+        with session_scope(database_url()) as session:
+            if prefixes or clear:
+                found = set_tenant_prefixes(session, tenant, list(prefixes))
+            else:
+                found = session.execute(
+                    select(Tenant.image_uri_prefixes).where(Tenant.name == tenant)
+                ).scalar_one_or_none()
+    except BadUri as exc:
+        raise click.ClickException(f"bad prefix: {exc}") from None
+    if found is None:
+        raise click.ClickException(f"no tenant {tenant!r}")
+    for prefix in found:
+        click.echo(prefix)
 
 
 COMMANDS = [up, down, status, keys]

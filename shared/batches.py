@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from shared.blob import BlobStore
 from shared.db.models import JOB_STATUSES, Job, SubmitBatch
 from shared.db.session import session_scope
+from shared.image_refs import ImageRef, tenant_prefixes
 from shared.jobs import (
     REPLAY_POLL_S,
     REPLAY_WAIT_S,
@@ -37,6 +38,8 @@ from shared.jobs import (
     StorageUnavailable,
     SubmitError,
     blob_key,
+    check_against,
+    has_references,
     message_for,
     validate,
 )
@@ -72,16 +75,33 @@ def _item(index: int, ref: str | None, job_id: uuid.UUID | None, error: SubmitEr
     }
 
 
-def _checked(items: Sequence[BatchItem], settings: Settings) -> list[BatchItem]:
+def _checked(
+    items: Sequence[BatchItem], settings: Settings, database_url: str, tenant_id: uuid.UUID
+) -> list[BatchItem]:
+    """Items validated again; references checked against the tenant's prefixes (read once)."""
+    prefixes: list[str] | None = None
+    if any(item.request is not None and has_references(item.request) for item in items):
+        with session_scope(database_url) as session:
+            prefixes = tenant_prefixes(session, tenant_id)
     checked = []
     for item in items:
         if item.request is not None and item.error is None:
             try:
                 validate(item.request, settings)
+                if prefixes is not None:
+                    check_against(item.request, prefixes)
             except SubmitError as exc:
                 item = BatchItem(item.index, item.ref, error=exc)
         checked.append(item)
     return checked
+
+
+def _keys(tenant_id: uuid.UUID, job_id: uuid.UUID, request: JobRequest) -> list[str]:
+    """A stored image's blob key, or a reference's uri (the worker reads it; nothing deletes it)."""
+    return [
+        image.uri if isinstance(image, ImageRef) else blob_key(tenant_id, job_id, i)
+        for i, image in enumerate(request.images)
+    ]
 
 
 def _earlier(database_url: str, tenant_id: uuid.UUID, key: str) -> SubmitBatch | None:
@@ -149,9 +169,9 @@ def submit_batch(
         if earlier is not None:
             return _replay(earlier, digest)
     batch_id = uuid.uuid4()
-    items = _checked(items, settings)
+    items = _checked(items, settings, database_url, tenant_id)
     valid = [(item.request, uuid.uuid4()) for item in items if item.request is not None and item.error is None]
-    keys = {job_id: [blob_key(tenant_id, job_id, i) for i in range(len(request.images))] for request, job_id in valid}
+    keys = {job_id: _keys(tenant_id, job_id, request) for request, job_id in valid}
     job_ids = iter(job_id for _, job_id in valid)
     answer = {
         "id": str(batch_id),
@@ -167,11 +187,14 @@ def submit_batch(
             for item in items
         ],
     }
-    all_keys = [key for job_keys in keys.values() for key in job_keys]
-    _put_all(
-        blobs,
-        [(key, image) for request, job_id in valid for key, image in zip(keys[job_id], request.images, strict=True)],
-    )
+    stored = [
+        (key, image)
+        for request, job_id in valid
+        for key, image in zip(keys[job_id], request.images, strict=True)
+        if isinstance(image, bytes)
+    ]
+    all_keys = [key for key, _ in stored]
+    _put_all(blobs, stored)
     try:
         jobs = _insert(database_url, tenant_id, batch_id, valid, keys, answer, idempotency_key, digest)
     except BaseException:

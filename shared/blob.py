@@ -3,12 +3,14 @@
 open_blob_store(url) -> BlobStore with put(key, data), get(key) -> bytes (BlobNotFound when
 missing), delete(key) (idempotent) and delete_prefix(prefix) -> number deleted.
 Keys are relative paths such as "<tenant_id>/<job_id>/<index>".
+s3_client() -> a boto3 S3 client configured the standard AWS way (credentials, region,
+AWS_ENDPOINT_URL_S3); the S3 store and the worker's reads of images by reference both use it.
 """
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 
@@ -29,6 +31,13 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in key:
         raise ValueError(f"bad blob key: {key!r}")
     return key
+
+
+def s3_client() -> Any:
+    """A new boto3 S3 client (thread-safe: keep and share it)."""
+    import boto3
+
+    return boto3.client("s3")
 
 
 class FileBlobStore:
@@ -99,11 +108,9 @@ class S3BlobStore:
     """Blobs as S3 objects named <prefix>/<key> in bucket."""
 
     def __init__(self, bucket: str, prefix: str = "", client=None):
-        import boto3
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = client or boto3.client("s3")
+        self.client = client or s3_client()
 
     def _name(self, key: str) -> str:
         key = check_key(key)

@@ -1,7 +1,10 @@
 """The submit path, for the API and for batch scripts: store the images, insert the job row, publish.
 
-JobRequest(kind, images, subject_id, top_k, cropped, callback_url): what a client asks for.
+JobRequest(kind, images, subject_id, top_k, cropped, callback_url): what a client asks for; an
+    image is bytes, or an ImageRef (shared/image_refs.py) the worker reads itself.
 validate(request, settings) -> None, or SubmitError with a stable code.
+check_references(database_url, tenant_id, request) -> None, or SubmitError "uri_not_allowed" for a
+    reference outside the tenant's image_uri_prefixes.
 submit_job(tenant_id, request, blobs, celery, database_url, settings, idempotency_key=None)
     -> Submitted(job, created).
     With an idempotency key, the same key and the same request give back the first job
@@ -30,6 +33,7 @@ from shared.blob import BlobStore
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import Job
 from shared.db.session import session_scope
+from shared.image_refs import ImageRef, allowed, tenant_prefixes
 from shared.messages import MAX_IMAGES, JobMessage
 from shared.publish import publish_all
 from shared.queues import QUEUE_FOR_KIND
@@ -82,7 +86,7 @@ class JobRequest:
     """One job as asked for: kind, image bytes and the options of that kind."""
 
     kind: str
-    images: tuple[bytes, ...]
+    images: tuple[bytes | ImageRef, ...]
     subject_id: str | None = None
     top_k: int | None = None
     cropped: bool = False
@@ -96,7 +100,9 @@ class JobRequest:
             "top_k": self.top_k,
             "cropped": self.cropped,
             "callback_url": self.callback_url,
-            "images": [hashlib.sha256(image).hexdigest() for image in self.images],
+            "images": [
+                image.uri if isinstance(image, ImageRef) else hashlib.sha256(image).hexdigest() for image in self.images
+            ],
         }
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
@@ -121,7 +127,7 @@ def validate(request: JobRequest, settings: Settings) -> None:
     if len(request.images) > most:
         raise SubmitError("too_many_images", f"at most {most} image(s) per {request.kind} job")
     for index, image in enumerate(request.images):
-        if not image:
+        if isinstance(image, bytes) and not image:
             raise SubmitError("empty_image", f"image {index} is empty")
     if request.kind in SUBJECT_KINDS:
         if not request.subject_id or not is_subject_id(request.subject_id):
@@ -138,6 +144,28 @@ def validate(request: JobRequest, settings: Settings) -> None:
             check_callback_url(request.callback_url, allowed_networks(settings.callback_allowed_networks), strict=False)
         except CallbackRefused as exc:
             raise SubmitError("callback_url_not_allowed", str(exc)) from None
+
+
+def check_references(database_url: str, tenant_id: uuid.UUID, request: JobRequest) -> None:
+    """SubmitError uri_not_allowed unless every reference lies under one of the tenant's prefixes."""
+    if not has_references(request):
+        return
+    with session_scope(database_url) as session:
+        prefixes = tenant_prefixes(session, tenant_id)
+    check_against(request, prefixes)
+
+
+def has_references(request: JobRequest) -> bool:
+    return any(isinstance(image, ImageRef) for image in request.images)
+
+
+def check_against(request: JobRequest, prefixes: list[str]) -> None:
+    """SubmitError uri_not_allowed for the first reference outside prefixes."""
+    for index, image in enumerate(request.images):
+        if isinstance(image, ImageRef) and not allowed(image, prefixes):
+            raise SubmitError(
+                "uri_not_allowed", f"image {index}: the uri is not under a prefix allowed for this tenant"
+            )
 
 
 def is_callback_url(url: str) -> bool:
@@ -165,6 +193,7 @@ def submit_job(
 ) -> Submitted:
     """Store the images, insert the queued job row, publish its message. See the module docstring."""
     validate(request, settings)
+    check_references(database_url, tenant_id, request)
     if idempotency_key is not None and not (
         1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY and idempotency_key.isprintable()
     ):
@@ -177,8 +206,13 @@ def submit_job(
             return _replay(earlier, digest)
 
     job_id = uuid.uuid4()
-    keys = [blob_key(tenant_id, job_id, i) for i in range(len(request.images))]
-    _put_all(blobs, keys, request.images)
+    keys = [
+        image.uri if isinstance(image, ImageRef) else blob_key(tenant_id, job_id, i)
+        for i, image in enumerate(request.images)
+    ]
+    stored = [(key, image) for key, image in zip(keys, request.images) if isinstance(image, bytes)]
+    _put_all(blobs, [key for key, _ in stored], tuple(image for _, image in stored))
+    keys_written = [key for key, _ in stored]
     try:
         with session_scope(database_url) as session:
             job = session.scalars(
@@ -202,10 +236,10 @@ def submit_job(
                 .returning(Job)
             ).first()
     except BaseException:
-        _delete_all(blobs, keys)
+        _delete_all(blobs, keys_written)
         raise
     if job is None:  # another request with this key won the race
-        _delete_all(blobs, keys)
+        _delete_all(blobs, keys_written)
         assert idempotency_key is not None  # only a keyed insert can lose a race
         earlier = _settled_by_key(database_url, tenant_id, idempotency_key)
         if earlier is None:  # the winner's row was removed again: its publish failed
@@ -220,7 +254,7 @@ def submit_job(
                 "publish failed; job removed",
                 extra={"job_id": str(job_id), "kind": request.kind, "error": type(exc).__name__},
             )
-            _delete_all(blobs, keys)
+            _delete_all(blobs, keys_written)
             raise QueueUnavailable() from exc
         # A worker has the job already: the message got through although the broker's answer did not.
         log.warning("publish reported a failure but the job runs", extra={"job_id": str(job_id)})

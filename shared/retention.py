@@ -5,7 +5,8 @@ run_retention(database_url, blobs, settings, now=None) -> RetentionReport.
   for re-enrollment on a model change; probe images (verify, identify) settings.probe_retention_s
   seconds (0: deleted when the job is final; this also removes any the worker failed to delete).
   Only final jobs are touched. Their blob keys are cleared and templates forget the image key;
-  templates themselves and job results (which hold no image data) stay.
+  templates themselves and job results (which hold no image data) stay. An image by reference
+  (s3://, file://) is the customer's object: it is never deleted, only forgotten like a key.
 """
 
 import logging
@@ -16,6 +17,7 @@ from sqlalchemy import and_, func, or_, select, update
 
 from shared.db.models import FINAL_STATUSES, Job, Template
 from shared.db.session import session_scope
+from shared.image_refs import is_reference
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,8 @@ def run_retention(database_url: str, blobs, settings: Settings, now: datetime | 
             break
         keys = sorted({key for _, job_keys in rows for key in job_keys})
         for key in keys:
+            if is_reference(key):
+                continue
             try:
                 blobs.delete(key)
                 report.images += 1

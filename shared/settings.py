@@ -62,6 +62,9 @@ class Settings(BaseSettings):
 
     # API limits.
     max_body_bytes: int = 20 * 1024 * 1024
+    # Images by reference (s3://, file://) are read by the worker: an object larger than this fails
+    # its image with image_too_large (uploads are bounded by max_body_bytes).
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_images_per_enrollment: int = MAX_IMAGES
     max_top_k: int = 100
     max_batch_jobs: int = Field(1000, ge=1)  # items of one POST /v1/batches

@@ -20,7 +20,7 @@ from api.deps import get_database_url
 from api.errors import ApiError
 from api.responses import OrjsonResponse
 from api.schemas import BATCH_ITEM_MODELS, Batch, BatchAccepted, BatchRequest, errors
-from api.submit import IDEMPOTENCY_HEADER, REPLAY_HEADER, Context, decode_base64, request_body_json
+from api.submit import IDEMPOTENCY_HEADER, REPLAY_HEADER, Context, image_of, request_body_json
 from shared.batches import BatchItem, batch_counts, submit_batch
 from shared.db.models import Job
 from shared.db.session import session_scope
@@ -72,7 +72,7 @@ def _read_item(index: int, data: Any) -> BatchItem:
         value = getattr(body, IMAGE_FIELDS[body.kind])
         texts = value if isinstance(value, list) else ([] if value is None else [value])
         try:
-            images = tuple(decode_base64(text, i) for i, text in enumerate(texts))
+            images = tuple(image_of(text, i) for i, text in enumerate(texts))
         except ApiError as exc:
             raise SubmitError(exc.code, exc.message) from None
         request = JobRequest(

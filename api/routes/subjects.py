@@ -28,6 +28,7 @@ from shared import outbox
 from shared.blob import BlobStore
 from shared.db.models import FINAL_STATUSES, AuditRecord, Job, Subject, Template
 from shared.db.session import session_scope
+from shared.image_refs import is_reference
 from shared.jobs import is_subject_id
 from shared.keys import SHOWN_CHARS
 
@@ -197,6 +198,8 @@ def delete_subject(
         raise _not_found(subject_id)
     failed = 0
     for key in keys:
+        if is_reference(key):  # the customer's own object: forgotten, never deleted
+            continue
         try:
             blobs.delete(key)
         except Exception as exc:

@@ -18,7 +18,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 EMBEDDING_DIM = 128
@@ -44,6 +44,8 @@ class Tenant(Base):
     webhook_secret: Mapped[str | None] = mapped_column(Text)
     previous_webhook_secret: Mapped[str | None] = mapped_column(Text)
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Images by reference are read only under these (s3://bucket/folder/, file:///folder/); empty: none.
+    image_uri_prefixes: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list, server_default="{}")
 
 
 class ApiKey(Base):

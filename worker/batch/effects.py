@@ -1,11 +1,13 @@
 """After the commit: delete images no longer needed, count and log each finished job. Failures
-here are logged, never raised: the jobs are final already."""
+here are logged, never raised: the jobs are final already. Images by reference are the
+customer's objects: never deleted."""
 
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from shared.blob import BlobStore
+from shared.image_refs import is_reference
 from worker import metrics
 from worker.batch.model import PROBE_KINDS, BatchReport, Runtime, WorkItem
 
@@ -22,6 +24,7 @@ def after_commit(finished: list[WorkItem], runtime: Runtime, report: BatchReport
         elif item.kind == "enroll" and item.outcome is not None:
             kept = {key for _, _, key in item.outcome.templates}
             delete_keys += [key for key in item.blob_keys if key not in kept]
+    delete_keys = [key for key in delete_keys if not is_reference(key)]
     if delete_keys:
         with ThreadPoolExecutor(max_workers=min(len(delete_keys), runtime.settings.fetch_threads)) as pool:
             list(pool.map(lambda key: _delete_blob(runtime.blobs, key, report.batch_id), delete_keys))

@@ -1,6 +1,7 @@
 """The embedding step: fetch the images of a batch, then one pipeline pass per set of versions.
 
-fetch(items, runtime): every image of the undecided items from the blob store (thread pool).
+fetch(items, runtime): every image of the undecided items from the blob store, or from its uri
+  for an image by reference (worker/batch/fetch_uri.py), in a thread pool.
 embed(items, runtime, batch_id, preprocessing): item.faces, one FaceResult per image, each with
   its descriptor per version (FaceResult.descriptors). Images go through the pipeline in parts of
   at most settings.batch_pixel_budget decoded pixels (pixel_parts), a job's images never split;
@@ -16,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.blob import BlobNotFound, BlobStore
+from shared.image_refs import is_reference
 from shared.settings import Settings
 from worker import metrics
+from worker.batch.fetch_uri import read_reference
 from worker.batch.model import INTERNAL_ERROR, Runtime, WorkItem
 from worker.face.decode import image_pixels
 from worker.face.types import FaceResult
@@ -29,15 +32,22 @@ Variants = Mapping[str, Mapping[str, Any]]  # version -> preprocessing
 
 
 def fetch(items: list[WorkItem], runtime: Runtime) -> None:
-    """Read every image of the undecided items from the blob store, in a thread pool."""
+    """Read every image of the undecided items (blob store or uri), in a thread pool."""
     wanted = [(item, key) for item in items if item.outcome is None for key in item.blob_keys]
     if not wanted:
         return
     threads = min(len(wanted), runtime.settings.fetch_threads)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fetch") as pool:
-        blobs = list(pool.map(lambda pair: read_blob(runtime.blobs, pair[1]), wanted))
+        blobs = list(pool.map(lambda pair: read_image(runtime, pair[1]), wanted))
     for (item, _), blob in zip(wanted, blobs):
         item.images.append(blob)
+
+
+def read_image(runtime: Runtime, key: str) -> bytes | FaceResult:
+    """One image: by reference when key is a uri, else from the blob store."""
+    if is_reference(key):
+        return read_reference(key, runtime.settings.max_image_bytes)
+    return read_blob(runtime.blobs, key)
 
 
 def read_blob(blobs: BlobStore, key: str) -> bytes | FaceResult:
