@@ -223,3 +223,31 @@ def test_a_batch_the_queue_cannot_take_is_503_and_leaves_nothing(services, make_
         retried = client.post("/v1/batches", json=body, headers=headers)
     assert retried.status_code == 202 and retried.json()["accepted"] == 3
     drain(redis_client, job_ids(retried.json()))
+
+
+def test_batch_items_take_image_references_under_the_tenants_prefixes(api_client, make_key, services, redis_client):
+    from shared.db.session import session_scope
+    from shared.image_refs import set_tenant_prefixes
+
+    tenant = f"batch-uri-{uuid.uuid4().hex[:8]}"
+    key = make_key(tenant)
+    with session_scope(services.database_url) as session:
+        assert set_tenant_prefixes(session, tenant, ["s3://faces-bucket/probes/"]) is not None
+    items = [
+        {"kind": "verify", "ref": "in", "subject_id": "alice", "image": {"uri": "s3://faces-bucket/probes/p1.jpg"}},
+        {"kind": "identify", "ref": "out", "image": {"uri": "s3://faces-bucket-evil/probes/p1.jpg"}},
+        {"kind": "identify", "ref": "up", "image": {"uri": "s3://faces-bucket/probes/../p1.jpg"}},
+        {"kind": "identify", "ref": "scheme", "image": {"uri": "http://faces-bucket/probes/p1.jpg"}},
+    ]
+    response = api_client.post("/v1/batches", json={"jobs": items}, headers=auth(key))
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert [item["error"]["code"] if item["error"] else None for item in answer["items"]] == [
+        None,
+        "uri_not_allowed",
+        "uri_not_allowed",
+        "uri_not_allowed",
+    ]
+    job = api_client.get(f"/v1/jobs/{answer['items'][0]['job_id']}", headers=auth(key)).json()
+    assert job["status"] == "queued"
+    drain(redis_client, job_ids(answer))
