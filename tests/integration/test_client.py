@@ -153,6 +153,21 @@ async def check_async(url: str, key: str, faces_dir, subject: str) -> None:
             await stranger.get_job(probe.id)
 
 
+def check_demo(url: str, key: str, faces_dir, tmp_path) -> None:
+    """`biofleet demo`'s workload, on two identities, through the client."""
+    from cli.workload import Client as Workload
+    from cli.workload import run_workload
+
+    samples = tmp_path / "samples"
+    for person in ("Tony_Blair", "Colin_Powell"):
+        (samples / person).mkdir(parents=True)
+        for number in range(1, 6):
+            (samples / person / f"{person}_{number:04d}.jpg").write_bytes(face(faces_dir, person, number))
+    summary = run_workload(Workload(url, key), samples, BOUND_S)
+    assert summary["jobs"] > 0 and summary["unfinished"] == 0, summary
+    assert summary["succeeded"] >= summary["jobs"] - 1 and summary["latency_p50_s"] is not None, summary
+
+
 @pytest.mark.faces
 def test_the_client_against_the_stack(
     services, live_api, make_key, start_worker, start_dispatcher, faces_dir, tmp_path
@@ -171,6 +186,7 @@ def test_the_client_against_the_stack(
             raw = httpx.get(f"{live_api}/v1/jobs/{hooked}", headers={"Authorization": f"Bearer {key}"}).json()
             TypeAdapter(Job).validate_python(raw)
         asyncio.run(check_async(live_api, key, faces_dir, subject))
+        check_demo(live_api, key, faces_dir, tmp_path)
 
         start_dispatcher(callback_allowed_networks=LOOPBACK)
         deadline = time.monotonic() + BOUND_S
