@@ -232,3 +232,67 @@ def test_verify_webhook_accepts_what_the_dispatcher_signs_and_refuses_the_rest()
         verify_webhook(body, signed(body, [secret], datetime.now(UTC) - timedelta(minutes=10)), secret)
     with pytest.raises(WebhookVerificationError):
         verify_webhook(body, {k: v for k, v in headers.items() if k != "webhook-signature"}, secret)
+
+
+# --- requests the client builds ----------------------------------------------------------------
+
+
+def test_images_go_as_base64_from_bytes_and_paths_and_as_references(tmp_path):
+    import base64
+
+    from biofleet_client import UriImage
+    from biofleet_client._core import batch_item, encode_image
+
+    path = tmp_path / "face.jpg"
+    path.write_bytes(b"jpeg bytes")
+    assert base64.b64decode(encode_image(b"jpeg bytes")) == b"jpeg bytes"  # type: ignore[arg-type]
+    assert encode_image(path) == encode_image(str(path)) == encode_image(b"jpeg bytes")
+    assert encode_image({"uri": "s3://bucket/a.jpg"}) == UriImage(uri="s3://bucket/a.jpg")
+    item = batch_item({"kind": "enroll", "subject_id": "alice", "images": [path, {"uri": "s3://b/k"}], "ref": "r1"})
+    body = item.model_dump(mode="json", exclude_none=True)
+    assert body == {
+        "kind": "enroll",
+        "ref": "r1",
+        "subject_id": "alice",
+        "images": [encode_image(path), {"uri": "s3://b/k"}],
+    }
+    with pytest.raises(ValueError):
+        batch_item({"kind": "verify", "image": b"x", "ref": "r" * 129})
+
+
+def test_submit_many_splits_into_batches_of_at_most_1000_and_numbers_items_in_order():
+    from biofleet_client import BatchAccepted
+    from biofleet_client._core import batch_item, chunks, submitted
+
+    items = [batch_item({"kind": "identify", "image": b"x", "ref": str(i)}) for i in range(2500)]
+    parts = chunks(items, 1000)
+    assert [len(part) for part in parts] == [1000, 1000, 500]
+    assert [item.ref for part in parts for item in part] == [str(i) for i in range(2500)]
+    with pytest.raises(ValueError):
+        chunks(items, 1001)
+    answer = BatchAccepted.model_validate(
+        {
+            "id": "b2",
+            "accepted": 1,
+            "rejected": 1,
+            "items": [
+                {"index": 0, "ref": "a", "job_id": "j1", "error": None},
+                {"index": 1, "ref": "b", "job_id": None, "error": {"code": "bad_top_k", "message": "top_k"}},
+            ],
+        }
+    )
+    first, second = submitted(answer, offset=1000)
+    assert (first.index, first.job_id, first.error, first.batch_id) == (1000, "j1", None, "b2")
+    assert second.index == 1001 and second.job_id is None and type(second.error) is biofleet_client.BadTopK
+
+
+def test_list_queries_join_ids_and_format_times_and_path_segments_are_escaped():
+    from biofleet_client._core import build
+
+    when = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
+    call = build("list_jobs", None, {"ids": ["a", "b"], "created_after": when, "status": None, "limit": 50})
+    assert call.params == {"ids": "a,b", "created_after": "2026-01-05T10:00:00+00:00", "limit": "50"}
+    assert (call.method, call.url) == ("GET", "/v1/jobs")
+    assert build("get_subject", {"subject_id": "a/b c"}).url == "/v1/subjects/a%2Fb%20c"
+    keyed = build("create_batch", body=None, idempotency_key="k1")
+    assert keyed.headers == {"Idempotency-Key": "k1"} and keyed.json is None
