@@ -8,7 +8,7 @@ BUNDLE := bench/gpu-bundle/manifest.json
 
 .PHONY: install lint tools test run down bench gpu-bundle gpu-rehearsal clean
 
-$(STAMP): pyproject.toml requirements/*.txt
+$(STAMP): pyproject.toml requirements/*.txt biofleet_client/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/*.txt
 
 install: $(STAMP)
 
-# Lint and format check (ruff), types (mypy on api/, shared/, worker/), import rules (import-linter).
+# Lint and format check (ruff), types (mypy on api/, shared/, worker/, the client), import rules (import-linter).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

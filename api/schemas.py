@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from api.examples import QUEUED_JOB
 from shared.jobs import SUBJECT_ID_PATTERN
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
@@ -75,13 +76,13 @@ VERIFICATION_FORM = _form(
 IDENTIFICATION_FORM = _form({"image": _FILE, "top_k": {"type": "integer", "default": 5}}, ["image"])
 
 
-def request_body(model: type[BaseModel], form: dict) -> dict:
-    """openapi_extra for a route that takes model as JSON or form as multipart."""
+def request_body(model: type[BaseModel], form: dict, example: dict) -> dict:
+    """openapi_extra for a route that takes model as JSON (example shown) or form as multipart."""
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": model.model_json_schema()},
+                "application/json": {"schema": model.model_json_schema(), "example": example},
                 "multipart/form-data": {"schema": form},
             },
         }
@@ -130,18 +131,19 @@ class EnrollResult(BaseModel):
     templates_created: int
     model_version: str
     images: list[EnrolledImage]
+    also_written: dict[str, int] | None = Field(
+        None, description="Templates written for other model versions (a candidate version), per version."
+    )
 
 
-class Job(BaseModel):
+class _Job(BaseModel):
     id: str
-    kind: JobKind
     status: JobStatus
     subject_id: str | None
     error: ErrorDetail | None = Field(
         description="Set when failed: bad_image, image_too_large, image_not_found, no_face, "
         "multiple_faces, subject_not_found, internal_error."
     )
-    result: VerifyResult | IdentifyResult | EnrollResult | None
     model_version: str | None
     batch_id: str | None = Field(description="The worker batch that ran the job (one forward pass).")
     submit_batch_id: str | None = Field(
@@ -151,6 +153,36 @@ class Job(BaseModel):
     submitted_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+
+class EnrollJob(_Job):
+    kind: Literal["enroll"]
+    result: EnrollResult | None
+
+
+class ReenrollJob(_Job):
+    kind: Literal["reenroll"]
+    result: EnrollResult | None
+
+
+class VerifyJob(_Job):
+    kind: Literal["verify"]
+    result: VerifyResult | None
+
+
+class IdentifyJob(_Job):
+    kind: Literal["identify"]
+    result: IdentifyResult | None
+
+
+# A job; its result's shape follows its kind. Clients ignore fields they do not know.
+Job = Annotated[EnrollJob | ReenrollJob | VerifyJob | IdentifyJob, Field(discriminator="kind")]
+JOB_MODELS: dict[str, type[_Job]] = {
+    "enroll": EnrollJob,
+    "reenroll": ReenrollJob,
+    "verify": VerifyJob,
+    "identify": IdentifyJob,
+}
 
 
 BatchKind = Literal["enroll", "verify", "identify"]
@@ -257,7 +289,11 @@ def accepted(*statuses: int) -> dict:
     """`responses=` for submit routes: 202 with Location, then the errors."""
     location = {"description": "/v1/jobs/{id}: poll it for the result", "schema": {"type": "string"}}
     replayed = {"description": "true when an Idempotency-Key returned an earlier job", "schema": {"type": "string"}}
-    queued = {"description": "Queued", "headers": {"Location": location, "Idempotent-Replayed": replayed}}
+    queued = {
+        "description": "Queued",
+        "headers": {"Location": location, "Idempotent-Replayed": replayed},
+        "content": {"application/json": {"example": QUEUED_JOB}},
+    }
     if 400 not in statuses:  # a multipart body that cannot be parsed: 400 bad_request
         statuses = (400, *statuses)
     return {202: queued, **errors(*statuses)}

@@ -57,9 +57,10 @@ async def submit_context(
 Context = Annotated[SubmitContext, Depends(submit_context)]
 
 
-def request_body_json(model: type[BaseModel]) -> dict:
+def request_body_json(model: type[BaseModel], example: dict) -> dict:
     """openapi_extra for a route that takes model as its JSON body (read by the route itself)."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    content = {"application/json": {"schema": model.model_json_schema(), "example": example}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def decode_base64(text: str, index: int) -> bytes:

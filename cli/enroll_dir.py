@@ -176,7 +176,7 @@ class Enroller:
 
     def __init__(
         self,
-        http,
+        api,
         root: str,
         state: StateFile,
         tally: Tally,
@@ -186,7 +186,7 @@ class Enroller:
         advance,
         depth_url: str | None = None,
     ):
-        self.http, self.root, self.state, self.tally, self.depth_url = http, root, state, tally, depth_url
+        self.api, self.root, self.state, self.tally, self.depth_url = api, root, state, tally, depth_url
         self.max_queue, self.stop, self.timeout, self.advance = max_queue, stop, timeout, advance
         self.room = threading.Lock()
         self.checked_at = 0.0  # when the depth was last read below the bound
@@ -202,22 +202,24 @@ class Enroller:
                     return
                 time.sleep(0.5)
 
-    def _post(self, subject: SubjectSource, key: str):
+    def _post(self, subject: SubjectSource, key: str) -> str:
+        """The job id (biofleet_client); 429 and 5xx answers are retried with backoff."""
+        from biofleet_client import BiofleetError
+
         refs = [image_ref(self.root, image) for image in subject.images]
-        if all(refs):
-            body: dict = {"json": {"images": refs}}
-        else:
-            body = {"files": [("images", (Path(image).name, read_image(self.root, image))) for image in subject.images]}
+        images = refs if all(refs) else [read_image(self.root, image) for image in subject.images]
         for attempt in range(8):
-            response = self.http.post(
-                f"/v1/subjects/{subject.subject_id}/enrollments", **body, headers={"Idempotency-Key": key}
-            )
-            if response.status_code not in RETRY_STATUSES:
-                return response
-            time.sleep(min(0.5 * 2**attempt, 10.0))
-        return response
+            try:
+                return self.api.create_enrollment(subject.subject_id, images, idempotency_key=key).id
+            except BiofleetError as exc:
+                if exc.status not in RETRY_STATUSES or attempt == 7:
+                    raise
+                time.sleep(min(exc.retry_after or 0.5 * 2**attempt, 10.0))
+        raise AssertionError("unreachable")
 
     def run(self, subject: SubjectSource) -> None:
+        from biofleet_client import BiofleetError
+
         if self.stop.is_set():
             return
         attempt = self.state.attempt(subject.subject_id)
@@ -225,17 +227,13 @@ class Enroller:
         if self.stop.is_set():
             return
         try:
-            response = self._post(subject, idempotency_key(subject, attempt))
+            job_id = self._post(subject, idempotency_key(subject, attempt))
+        except BiofleetError as exc:
+            self._fail(subject, attempt, None, exc.code, exc.message)
+            return
         except Exception as exc:
             self._fail(subject, attempt, None, "request_failed", f"{type(exc).__name__}: {exc}")
             return
-        if response.status_code != 202:
-            error = _error(response)
-            self._fail(
-                subject, attempt, None, error.get("code", f"http_{response.status_code}"), error.get("message", "")
-            )
-            return
-        job_id = response.json()["id"]
         self.state.record({"subject": subject.subject_id, "attempt": attempt, "job_id": job_id, "status": "submitted"})
         job = self._wait(job_id)
         if job is None:
@@ -273,15 +271,18 @@ class Enroller:
             self._fail(subject, attempt, job_id, error.get("code"), error.get("message"))
 
     def _wait(self, job_id: str) -> dict | None:
+        """The final job's JSON; None when stopped or past the timeout."""
+        from biofleet_client import WaitTimeout
+
         deadline = time.monotonic() + self.timeout
         while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                response = self.http.get(f"/v1/jobs/{job_id}")
-                if response.status_code == 200 and response.json()["status"] in FINAL:
-                    return response.json()
+            try:  # short waits, so that a stop is seen within seconds
+                job = self.api.wait(job_id, timeout=min(2.0, deadline - time.monotonic()), raise_on_failure=False)
+                return job.model_dump(mode="json")
+            except WaitTimeout:
+                continue
             except Exception:
-                pass  # the API restarting: keep polling
-            self.stop.wait(0.3)
+                self.stop.wait(0.3)  # the API restarting: keep polling
         return None
 
     def _fail(self, subject: SubjectSource, attempt: int, job_id, code, message) -> None:
@@ -294,13 +295,6 @@ class Enroller:
                 {"subject": subject.subject_id, "job_id": job_id, "image": "", "code": code, "message": message}
             )
         self.advance(ok=False)
-
-
-def _error(response) -> dict:
-    try:
-        return response.json().get("error") or {}
-    except ValueError:
-        return {"message": response.text[:200]}
 
 
 def write_failures(path: Path, failures: list[dict]) -> None:
@@ -363,7 +357,6 @@ def enroll_dir(
 
     Shows a progress bar, ends with a summary table and a CSV of failures with their codes. The
     exit status is 1 when a subject failed, 130 when interrupted (rerun to resume)."""
-    import httpx
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -373,6 +366,8 @@ def enroll_dir(
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    from biofleet_client import Client
 
     settings = get_settings()
     stack = read_stack_file(settings.state_dir)
@@ -406,7 +401,7 @@ def enroll_dir(
     )
     started = time.monotonic()
     interrupted = False
-    http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    api = Client(api_url, api_key=key, timeout=60)
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("enroll", total=len(subjects), completed=tally.skipped, images=0, failed=0, rate="0.0")
 
@@ -414,7 +409,7 @@ def enroll_dir(
             rate = (tally.enrolled + tally.failed) / max(time.monotonic() - started, 1e-6)
             progress.update(bar, advance=1, images=tally.images, failed=tally.failed, rate=f"{rate:.1f}")
 
-        enroller = Enroller(http, root, state, tally, max_queue, stop, timeout, advance, depth_url)
+        enroller = Enroller(api, root, state, tally, max_queue, stop, timeout, advance, depth_url)
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="enroll")
         futures = [pool.submit(enroller.run, subject) for subject in todo]
         try:
@@ -427,7 +422,7 @@ def enroll_dir(
             stop.set()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-    http.close()
+    api.close()
     write_failures(failures_path, tally.failures)
     _print_summary(Console(), tally, len(subjects), time.monotonic() - started, state_path, failures_path)
     if interrupted:

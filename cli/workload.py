@@ -1,13 +1,14 @@
 """`biofleet demo`: a small real workload through the running stack, ending in a summary table."""
 
-import base64
 import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,30 +29,33 @@ def _identities(root: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
-
-
 class Client:
-    """Submits jobs and waits for them; one httpx client shared by the worker threads."""
+    """Submits jobs and waits for them through the Python client (biofleet_client), shared by the
+    worker threads; jobs come back as their JSON."""
 
     def __init__(self, api_url: str, key: str):
-        import httpx
+        from biofleet_client import Client as ApiClient
 
-        self.http = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        self.api = ApiClient(api_url, api_key=key, timeout=30)
 
-    def submit(self, path: str, body: dict) -> str:
-        response = self.http.post(path, json=body)
-        if response.status_code != 202:
-            raise click.ClickException(f"POST {path}: {response.status_code} {response.text[:200]}")
-        return response.json()["id"]
+    def submit(self, send: Callable[[Any], Any]) -> str:
+        """The job id of send(api client)'s answer; a refusal ends the command with its code."""
+        from biofleet_client import BiofleetError
+
+        try:
+            return send(self.api).id
+        except BiofleetError as exc:
+            raise click.ClickException(f"{exc.code}: {exc.message}") from None
 
     def wait(self, job_id: str, deadline: float) -> dict:
-        while True:
-            job = self.http.get(f"/v1/jobs/{job_id}").json()
-            if job["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
-                return job
-            time.sleep(0.2)
+        """The job once final, or as it stands at the deadline."""
+        from biofleet_client import WaitTimeout
+
+        try:
+            job = self.api.wait(job_id, timeout=max(0.0, deadline - time.monotonic()), raise_on_failure=False)
+        except WaitTimeout:
+            job = self.api.get_job(job_id)
+        return job.model_dump(mode="json")
 
 
 def _latency_s(job: dict) -> float | None:
@@ -88,7 +92,7 @@ def run_workload(client: Client, samples: Path, timeout: float) -> dict:
     with ThreadPoolExecutor(8) as pool:
         enroll_ids = list(
             pool.map(
-                lambda e: client.submit(f"/v1/subjects/{e[0]}/enrollments", {"images": [_b64(p) for p in e[1]]}),
+                lambda e: client.submit(lambda api: api.create_enrollment(e[0], e[1])),
                 enrollments,
             )
         )
@@ -97,8 +101,8 @@ def run_workload(client: Client, samples: Path, timeout: float) -> dict:
         def submit_probe(probe):
             kind, claimed, _, path = probe
             if kind == "verify":
-                return client.submit("/v1/verifications", {"subject_id": claimed, "image": _b64(path)})
-            return client.submit("/v1/identifications", {"image": _b64(path), "top_k": 3})
+                return client.submit(lambda api: api.create_verification(claimed, path))
+            return client.submit(lambda api: api.create_identification(path, top_k=3))
 
         probe_ids = list(pool.map(submit_probe, probes))
         probed = list(pool.map(lambda i: client.wait(i, deadline), probe_ids))

@@ -18,6 +18,7 @@ from api import cursor
 from api.auth import Tenant
 from api.deps import get_database_url
 from api.errors import ApiError
+from api.examples import BATCH
 from api.responses import OrjsonResponse
 from api.schemas import BATCH_ITEM_MODELS, Batch, BatchAccepted, BatchRequest, errors
 from api.submit import IDEMPOTENCY_HEADER, REPLAY_HEADER, Context, image_of, request_body_json
@@ -106,7 +107,7 @@ def _digest(items: list[BatchItem]) -> str:
         202: {"description": "Queued", "headers": {"Location": {"schema": {"type": "string"}}}},
         **errors(401, 409, 413, 415, 422, 503),
     },
-    openapi_extra=request_body_json(BatchRequest),
+    openapi_extra=request_body_json(BatchRequest, BATCH),
     summary="Submit many jobs at once",
 )
 async def create_batch(

@@ -18,7 +18,7 @@ router = APIRouter(tags=["operations"])
 metrics_router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health, summary="The process is alive")
+@router.get("/healthz", operation_id="healthz", response_model=Health, summary="The process is alive")
 def healthz():
     return {"status": "ok"}
 
@@ -40,7 +40,13 @@ def check_services(backends: Backends) -> dict[str, str]:
     return checks
 
 
-@router.get("/readyz", response_model=Readiness, responses=errors(503), summary="Redis and Postgres answer")
+@router.get(
+    "/readyz",
+    operation_id="readyz",
+    response_model=Readiness,
+    responses=errors(503),
+    summary="Redis and Postgres answer",
+)
 async def readyz(backends: Annotated[Backends, Depends(get_backends)]):
     checks = await run_in_threadpool(check_services, backends)
     failed = sorted(name for name, state in checks.items() if state != "ok")

@@ -14,6 +14,7 @@ from api import cursor
 from api.auth import Tenant
 from api.deps import get_database_url
 from api.errors import ApiError
+from api.examples import JOB_EXAMPLES, json_examples
 from api.responses import OrjsonResponse
 from api.schemas import Job, JobKind, JobList, JobStatus, errors
 from shared.db.models import Job as JobRow
@@ -91,7 +92,7 @@ async def list_jobs(
     "/jobs/{job_id}",
     operation_id="get_job",
     response_model=Job,
-    responses=errors(401, 404),
+    responses={200: {"content": json_examples(JOB_EXAMPLES)}, **errors(401, 404)},
     summary="A job and its result",
 )
 def get_job(job_id: str, tenant_id: Tenant, database_url: Annotated[str, Depends(get_database_url)]):

@@ -21,6 +21,7 @@ from api import cursor
 from api.auth import Tenant, bearer
 from api.deps import get_blobs, get_database_url
 from api.errors import ApiError
+from api.examples import SUBJECT
 from api.responses import OrjsonResponse
 from api.schemas import Subject as SubjectOut
 from api.schemas import SubjectList, errors
@@ -163,8 +164,9 @@ async def list_subjects(
 
 @router.get(
     "/subjects/{subject_id}",
+    operation_id="get_subject",
     response_model=SubjectOut,
-    responses=errors(401, 404, 422),
+    responses={200: {"content": {"application/json": {"example": SUBJECT}}}, **errors(401, 404, 422)},
     summary="A subject and its templates",
 )
 def get_subject(subject_id: str, tenant_id: Tenant, database_url: Annotated[str, Depends(get_database_url)]):
@@ -178,6 +180,7 @@ def get_subject(subject_id: str, tenant_id: Tenant, database_url: Annotated[str,
 
 @router.delete(
     "/subjects/{subject_id}",
+    operation_id="delete_subject",
     status_code=204,
     responses=errors(401, 404, 422),
     summary="Erase a subject, its templates and its images",

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
+from api import examples
 from api.auth import Tenant
 from api.schemas import VERIFICATION_FORM, Job, VerificationRequest, accepted, request_body
 from api.submit import IDEMPOTENCY_HEADER, Context, accept, read_submission
@@ -15,9 +16,10 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 @router.post(
     "/verifications",
     status_code=202,
+    operation_id="create_verification",
     response_model=Job,
     responses=accepted(401, 409, 413, 415, 422, 503),
-    openapi_extra=request_body(VerificationRequest, VERIFICATION_FORM),
+    openapi_extra=request_body(VerificationRequest, VERIFICATION_FORM, examples.VERIFICATION),
     summary="Verify a face against an enrolled subject",
 )
 async def create_verification(

@@ -1,20 +1,13 @@
-"""Waiting for jobs through the API, bounded (a bound on waiting, not a timing assertion)."""
+"""Waiting for jobs through the API with the Python client, bounded (a bound on waiting, not a
+timing assertion)."""
 
-import time
+from biofleet_client import Client
 
 DEADLINE_S = 300.0
 
 
 def wait_final(client, key: str, job_ids: list[str]) -> dict[str, dict]:
-    """Poll GET /v1/jobs/{id} until every job is succeeded or failed; {job_id: job JSON}."""
-    deadline = time.monotonic() + DEADLINE_S
-    done = {}
-    while len(done) < len(job_ids):
-        for job_id in job_ids:
-            if job_id not in done:
-                job = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()
-                if job["status"] in ("succeeded", "failed"):
-                    done[job_id] = job
-        assert time.monotonic() < deadline, f"{len(job_ids) - len(done)} jobs not final"
-        time.sleep(0.3)
-    return done
+    """Poll GET /v1/jobs/{id} until every job is succeeded or failed; {job_id: job JSON}.
+    client: any httpx.Client on the API (a TestClient too)."""
+    jobs = Client(api_key=key, http=client).wait_all(job_ids, timeout=DEADLINE_S)
+    return {job_id: job.model_dump(mode="json") for job_id, job in jobs.items()}

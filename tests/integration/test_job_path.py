@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.integration.polling import wait_final
+
 pytestmark = [pytest.mark.stack, pytest.mark.faces]
 
 POLL_DEADLINE_S = 300.0  # a bound on waiting, not a timing assertion
@@ -63,27 +65,6 @@ def verify(client, key, subject: str, image: bytes, **extra) -> str:
 
 def identify(client, key, image: bytes, **extra) -> str:
     return submit(client, key, "/v1/identifications", {"image": b64(image), **extra})
-
-
-def wait_final(client, key: str, job_ids: list[str]) -> dict[str, dict]:
-    """Poll GET /v1/jobs/{id} until every job is final (bounded by POLL_DEADLINE_S)."""
-    deadline = time.monotonic() + POLL_DEADLINE_S
-    done: dict[str, dict] = {}
-    while len(done) < len(job_ids):
-        for job_id in job_ids:
-            if job_id in done:
-                continue
-            response = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
-            assert response.status_code == 200, response.text
-            job = response.json()
-            if job["status"] in ("succeeded", "failed"):
-                done[job_id] = job
-        if len(done) < len(job_ids):
-            if time.monotonic() > deadline:
-                pending = [j for j in job_ids if j not in done]
-                raise AssertionError(f"{len(pending)} jobs not final within {POLL_DEADLINE_S:.0f} s: {pending[:5]}")
-            time.sleep(0.5)
-    return done
 
 
 class CallbackReceiver:

@@ -1,5 +1,6 @@
-"""Every module of api/, shared/, worker/ and the Celery configuration imports alone, in a fresh
-interpreter, without service URLs: no import cycle, no settings or services read at import."""
+"""Every module of api/, shared/, worker/, the client package and the Celery configuration imports
+alone, in a fresh interpreter, without service URLs: no import cycle, no settings or services read
+at import."""
 
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("api", "shared", "worker")
+CLIENT_SRC = ROOT / "biofleet_client" / "src"
 
 
 def modules() -> list[str]:
@@ -19,6 +21,9 @@ def modules() -> list[str]:
                 continue
             parts = path.relative_to(ROOT).with_suffix("").parts
             names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    for path in sorted((CLIENT_SRC / "biofleet_client").rglob("*.py")):
+        parts = path.relative_to(CLIENT_SRC).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
 
 
@@ -34,7 +39,7 @@ def import_alone(name: str) -> str | None:
 
 def test_each_module_imports_alone():
     names = modules()
-    assert {"worker.app", "worker.tasks", "worker.batch.run", "shared.celery_app"} <= set(names)
+    assert {"worker.app", "worker.tasks", "worker.batch.run", "shared.celery_app", "biofleet_client.aio"} <= set(names)
     with ThreadPoolExecutor(max_workers=4) as pool:
         failures = [error for error in pool.map(import_alone, names) if error]
     assert failures == []
