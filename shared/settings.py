@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 20 * 1024 * 1024
     max_images_per_enrollment: int = MAX_IMAGES
     max_top_k: int = 100
+    max_faces: int = Field(100, ge=1, le=1000)  # max_faces of a request, at most; a detect job's default
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Prometheus endpoints on their own ports, never behind the ingress: the API's (`python -m api`)
