@@ -1,6 +1,6 @@
 """The submit path, for the API and for batch scripts: store the images, insert the job row, publish.
 
-JobRequest(kind, images, subject_id, top_k, cropped, callback_url): what a client asks for.
+JobRequest(kind, images, subject_id, top_k, cropped, callback_url, options): what a client asks for.
 validate(request, settings) -> None, or SubmitError with a stable code.
 submit_job(tenant_id, request, blobs, celery, database_url, settings, idempotency_key=None)
     -> Submitted(job, created).
@@ -21,6 +21,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from sqlalchemy import delete, select, update
@@ -30,6 +31,7 @@ from shared.blob import BlobStore
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import Job
 from shared.db.session import session_scope
+from shared.face_options import option_error
 from shared.messages import MAX_IMAGES, JobMessage
 from shared.queues import QUEUE_FOR_KIND, RUN_JOBS_TASK
 from shared.settings import Settings
@@ -86,6 +88,7 @@ class JobRequest:
     top_k: int | None = None
     cropped: bool = False
     callback_url: str | None = None
+    options: dict[str, Any] | None = None  # face options (shared.face_options)
 
     def request_hash(self) -> str:
         """sha256 hex of the canonical request (images by their sha256), whatever the HTTP form."""
@@ -97,6 +100,8 @@ class JobRequest:
             "callback_url": self.callback_url,
             "images": [hashlib.sha256(image).hexdigest() for image in self.images],
         }
+        if self.options:
+            canonical["options"] = self.options
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -130,6 +135,9 @@ def validate(request: JobRequest, settings: Settings) -> None:
     if request.kind == "identify":
         if request.top_k is None or not 1 <= request.top_k <= settings.max_top_k:
             raise SubmitError("bad_top_k", f"top_k must be between 1 and {settings.max_top_k}")
+    problem = option_error(request.kind, request.options, settings.max_faces)
+    if problem is not None:
+        raise SubmitError(*problem)
     if request.callback_url is not None and not is_callback_url(request.callback_url):
         raise SubmitError("bad_callback_url", "callback_url must be an absolute http(s) URL")
     if request.callback_url is not None:
@@ -192,6 +200,7 @@ def submit_job(
                     cropped=request.cropped,
                     blob_keys=keys,
                     callback_url=request.callback_url,
+                    options=request.options,
                     attempts=0,
                     idempotency_key=idempotency_key,
                     request_hash=digest,
@@ -245,6 +254,7 @@ def message_for(job: Job) -> JobMessage:
         cropped=bool(job.cropped),
         model_version=job.model_version if job.kind == "reenroll" else None,  # the version it writes
         submitted_at=job.submitted_at.timestamp(),
+        options=job.options,
     )
 
 
