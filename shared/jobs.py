@@ -92,7 +92,7 @@ class JobRequest:
 
     def request_hash(self) -> str:
         """sha256 hex of the canonical request (images by their sha256), whatever the HTTP form."""
-        canonical = {
+        canonical: dict[str, Any] = {
             "kind": self.kind,
             "subject_id": self.subject_id,
             "top_k": self.top_k,

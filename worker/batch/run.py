@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from shared.messages import JobMessage
@@ -245,8 +246,8 @@ def compare_all(repo: JobsRepository, items: list[WorkItem], runtime: Runtime) -
         candidates = found.get(id(item))
         if candidates is not None and earlier:
             top_k = min(item.top_k or DEFAULT_TOP_K, runtime.settings.max_top_k)
-            faces = [item.faces[0], *item.faces[0].others]
-            candidates = [merge_candidates(c, f.descriptor, earlier, top_k) for c, f in zip(candidates, faces)]
+            probes = probe_descriptors(item)
+            candidates = [merge_candidates(c, d, earlier, top_k) for c, d in zip(candidates, probes, strict=True)]
         item.outcome = decide_item(item, thresholds[version], gallery, candidates)
 
 
@@ -256,18 +257,25 @@ def nearest_all(repo: JobsRepository, items: list[WorkItem], max_top_k: int) -> 
     asking: list[WorkItem] = []
     probes: list[Probe] = []
     for item in items:
-        first = item.faces[0] if item.kind == "identify" and item.faces else None
-        if first is None or first.descriptor is None:
+        if item.kind != "identify":
             continue
         top_k = min(item.top_k or DEFAULT_TOP_K, max_top_k)
-        for face in [first, *first.others]:
+        for descriptor in probe_descriptors(item):
             asking.append(item)
-            probes.append(Probe(item.tenant_id, item.versions[0], face.descriptor, top_k))
+            probes.append(Probe(item.tenant_id, item.versions[0], descriptor, top_k))
     found: dict[int, list[list[dict[str, Any]]]] = {}
     if probes:
         for item, candidates in zip(asking, repo.nearest(probes), strict=True):
             found.setdefault(id(item), []).append(candidates)
     return found
+
+
+def probe_descriptors(item: WorkItem) -> list[np.ndarray]:
+    """The descriptors of the faces of an item's first image, largest first."""
+    first = item.faces[0] if item.faces else None
+    if first is None:
+        return []
+    return [face.descriptor for face in [first, *first.others] if face.descriptor is not None]
 
 
 def commit_all(items: list[WorkItem], runtime: Runtime, uow: BatchUnitOfWork, batch_id: str) -> list[WorkItem]:
