@@ -35,6 +35,19 @@ def run(process: Any, paths: list[Path], cropped: bool, label: str) -> dict[str,
     return results
 
 
+def from_dump(dump: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The results of a --dump, as FaceResults."""
+    from worker.face.quality import Quality
+    from worker.face.types import FaceResult
+
+    def result(entry: dict[str, Any] | None) -> Any:
+        if entry is None:
+            return FaceResult(error_code="no_face")
+        return FaceResult(descriptor=np.asarray(entry["descriptor"]), quality=Quality(**entry["quality"]))
+
+    return {name: {path: result(entry) for path, entry in found.items()} for name, found in dump.items()}
+
+
 def refused(results: dict[str, Any], level: str) -> set[str]:
     return {name for name, r in results.items() if r.ok and failures(r.quality, level)}
 
@@ -64,6 +77,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="at most this many pairs (0: all)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     parser.add_argument("--dump", type=Path, help="also write each image's quality and descriptor here (JSON)")
+    parser.add_argument("--from-dump", type=Path, help="read the qualities from an earlier --dump: no pipeline pass")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -80,8 +94,11 @@ def main() -> None:
         "lfw_colour": (sorted((args.faces / "lfw_colour").glob("*/*.jpg")), False),
         "orl": (sorted((args.faces / "orl").glob("*/*.pgm")), True),
     }
-    with load_pipeline(device="cpu", detector="cnn", threads=2) as pipeline:
-        results = {name: run(pipeline.process, paths, cropped, name) for name, (paths, cropped) in sets.items()}
+    if args.from_dump is not None:
+        results = from_dump(json.loads(args.from_dump.read_text()))
+    else:
+        with load_pipeline(device="cpu", detector="cnn", threads=2) as pipeline:
+            results = {name: run(pipeline.process, paths, cropped, name) for name, (paths, cropped) in sets.items()}
 
     if args.dump is not None:
         dump = {
@@ -129,7 +146,7 @@ def main() -> None:
             str(report["sets"]["lfw_colour"]["refused"][level]),
             str(report["sets"]["orl"]["refused"][level]),
         )
-    console = Console()
+    console = Console(width=150)
     console.print(spread)
     console.print(levels)
     args.out.parent.mkdir(parents=True, exist_ok=True)

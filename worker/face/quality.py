@@ -8,9 +8,10 @@ measure(chip, landmarks, box) -> Quality:
   v == SHARPNESS_HALF.
 - yaw, pitch, roll: degrees, rough estimates from dlib's 5 points (eye corners, nose base): roll
   is the eye line's angle (positive: clockwise in the image), yaw from the nose base's offset
-  from the eyes' midpoint across the eye line (positive: the nose towards the image's right),
-  pitch from its offset along it against the frontal ratio (positive: chin up). |yaw| and
-  |pitch| are most reliable under 45.
+  from the eyes' midpoint along the eye line, atan(offset / NOSE_DEPTH) (positive: the nose
+  towards the image's right), pitch from its drop below the eye line against a frontal face's,
+  atan((NOSE_DROP - drop) / NOSE_DEPTH) (positive: chin up); offsets in inter-eye distances.
+  Both are -90 to 90, most telling under 45.
 - brightness: mean grey of the chip's centre / 255, 0 to 1. contrast: its standard deviation /
   127.5, 0 to 1.
 
@@ -28,7 +29,7 @@ from worker.face.types import Box
 
 SHARPNESS_HALF = 100.0  # Laplacian variance that scores 0.5
 NOSE_DEPTH = 0.35  # nose base in front of the eye corners, in inter-eye distances
-NOSE_DROP = 0.78  # nose base below the eye line of a frontal face, in inter-eye distances
+NOSE_DROP = 0.77  # nose base below the eye line of a frontal face, in inter-eye distances (View 1's median)
 QUALITY_FILTERS = ("none", "low", "medium", "high")
 
 
@@ -59,12 +60,14 @@ class Limits:
     min_contrast: float
 
 
-# Calibrated on ../shared/data/faces (lfw_colour, lfw_view1, orl): low refuses the clearly
-# unusable, medium about the worst 2-3 % of View 1, high about the worst 10-15 %.
+# Calibrated on ../shared/data/faces with bench/quality.py (percentiles of each measure on
+# lfw_view1, lfw_colour and orl): low refuses only what lies far outside all three, medium about
+# the worst 1-2 % of View 1 on each measure, high about the worst 5-10 %. Face size is set from
+# the chip (150 px): View 1's faces are all 80 px or more.
 FILTERS: dict[str, Limits] = {
-    "low": Limits(40, 0.05, 60.0, 50.0, 0.08, 0.95, 0.05),
-    "medium": Limits(60, 0.15, 45.0, 40.0, 0.15, 0.90, 0.10),
-    "high": Limits(80, 0.30, 30.0, 30.0, 0.20, 0.85, 0.15),
+    "low": Limits(40, 0.05, 60.0, 50.0, 0.10, 0.95, 0.05),
+    "medium": Limits(60, 0.10, 45.0, 35.0, 0.20, 0.90, 0.10),
+    "high": Limits(80, 0.16, 30.0, 25.0, 0.30, 0.80, 0.15),
 }
 
 
@@ -100,8 +103,7 @@ def pose(landmarks: np.ndarray) -> tuple[float, float, float]:
     offset = points[4] - (right_of_image + left_of_image) / 2
     x, y = float(offset @ across) / distance, float(offset @ down) / distance
     yaw = math.degrees(math.atan(x / NOSE_DEPTH))
-    radius = math.hypot(NOSE_DROP, NOSE_DEPTH)
-    pitch = math.degrees(math.acos(max(-1.0, min(1.0, y / radius))) - math.atan2(NOSE_DEPTH, NOSE_DROP))
+    pitch = math.degrees(math.atan((NOSE_DROP - y) / NOSE_DEPTH))
     return yaw, pitch, roll
 
 
