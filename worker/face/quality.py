@@ -65,9 +65,9 @@ class Limits:
 # the worst 1-2 % of View 1 on each measure, high about the worst 5-10 %. Face size is set from
 # the chip (150 px): View 1's faces are all 80 px or more.
 FILTERS: dict[str, Limits] = {
-    "low": Limits(40, 0.05, 60.0, 50.0, 0.10, 0.95, 0.05),
-    "medium": Limits(60, 0.10, 45.0, 35.0, 0.20, 0.90, 0.10),
-    "high": Limits(80, 0.16, 30.0, 25.0, 0.30, 0.80, 0.15),
+    "low": Limits(40, 0.05, 60.0, 60.0, 0.10, 0.95, 0.05),
+    "medium": Limits(60, 0.10, 45.0, 40.0, 0.20, 0.90, 0.10),
+    "high": Limits(80, 0.16, 30.0, 30.0, 0.30, 0.80, 0.15),
 }
 
 
