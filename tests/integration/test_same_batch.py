@@ -36,3 +36,20 @@ def test_a_verify_after_its_enrollment_in_the_same_batch_matches(services, make_
     assert job_row(services, same).result["match"] is True
     assert job_row(services, other).result["match"] is False
     assert {job_row(services, j).batch_id for j in (enrolled, same, other)} == {report.batch_id}
+
+
+def test_through_the_api_a_verify_right_after_its_enrollment_matches(api_client, make_key, start_worker, faces_dir):
+    """Both submitted before a worker starts, so they come to it in one batch."""
+    import uuid
+
+    from tests.integration.test_job_path import enroll, verify, wait_final
+
+    key = make_key(f"ryw-{uuid.uuid4().hex[:8]}")
+    enrolled = enroll(api_client, key, "ryw-api", [face(faces_dir, PERSON_A, n) for n in (1, 2)])
+    checked = verify(api_client, key, "ryw-api", face(faces_dir, PERSON_A, 3))
+    start_worker(batch_size=8, flush_interval_ms=2000)
+    jobs = wait_final(api_client, key, [enrolled, checked])
+
+    assert jobs[enrolled]["batch_id"] == jobs[checked]["batch_id"]
+    assert jobs[checked]["status"] == "succeeded", jobs[checked]["error"]
+    assert jobs[checked]["result"]["match"] is True
