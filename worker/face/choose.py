@@ -7,12 +7,23 @@ the quality filter runs once the chips exist (FacePipeline). A refused face is a
 stable reason: small_face, low_confidence, low_quality or exceeds_max_faces.
 """
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.face.errors import EXCEEDS_MAX_FACES, LOW_CONFIDENCE, MULTIPLE_FACES, SMALL_FACE, FaceError
-from worker.face.quality import Quality
-from worker.face.types import Box
+from worker.face.errors import (
+    BAD_IMAGE,
+    EXCEEDS_MAX_FACES,
+    LOW_CONFIDENCE,
+    LOW_QUALITY,
+    MULTIPLE_FACES,
+    SMALL_FACE,
+    FaceError,
+)
+from worker.face.quality import Quality, failures, measure
+from worker.face.types import Box, FaceResult
+
+log = logging.getLogger(__name__)
 
 REASON_MESSAGES = {
     SMALL_FACE: "the face is smaller than min_face_size",
@@ -100,3 +111,51 @@ def choose(boxes: list[Box], originals: list[Box], options: FaceOptions, policy:
     chosen = ordered[: options.max_faces]
     refused += [Refusal(original, EXCEEDS_MAX_FACES) for _, original in ordered[options.max_faces :]]
     return Choice([b for b, _ in chosen], [o for _, o in chosen], refused, len(boxes))
+
+
+@dataclass
+class Kept:
+    """One image's aligned faces that passed every filter, and those refused."""
+
+    faces: list[Any]  # the pipeline's aligned faces: chip, landmarks, box, quality
+    refused: list[Refusal]
+    detected: int
+
+
+def keep_passing(choice: Choice, faces: list[Any], level: str, name: str) -> Kept | FaceResult:
+    """The aligned faces of one image (or the FaceResult errors of their alignment) that pass the
+    quality filter, each given its quality; the image's error when none does (an alignment error
+    first, else low_quality)."""
+    kept = Kept([], list(choice.refused), choice.detected)
+    errors = []
+    for face in faces:
+        if isinstance(face, FaceResult):
+            errors.append(face)
+            continue
+        face.quality = measure(face.chip, face.landmarks, face.box)
+        failed = failures(face.quality, level)
+        if failed:
+            kept.refused.append(Refusal(face.box, LOW_QUALITY, face.quality, failed))
+        else:
+            kept.faces.append(face)
+    if kept.faces:
+        return kept
+    if errors:
+        return errors[0]
+    worst = next(r for r in kept.refused if r.reason == LOW_QUALITY)
+    message = f"the face is below the {level!r} quality filter: {', '.join(worst.failed)}"
+    return FaceResult(
+        detector=name,
+        error_code=LOW_QUALITY,
+        error_message=message,
+        faces_detected=choice.detected,
+        refused=kept.refused,
+    )
+
+
+def failure(detector: str, error: Exception, data_size: int) -> FaceResult:
+    """The FaceResult of an image that failed: its FaceError, or bad_image for anything else."""
+    if isinstance(error, FaceError):
+        return FaceResult(detector=detector, error_code=error.code, error_message=error.message)
+    log.error("image failed unexpectedly", exc_info=error, extra={"image_size_bytes": data_size})
+    return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")

@@ -31,12 +31,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from worker.face.align import chip_rect, face_chip
-from worker.face.choose import Choice, FaceOptions, Refusal, choose
+from worker.face.choose import Choice, FaceOptions, Kept, choose, failure, keep_passing
 from worker.face.decode import Region, Working, decode_region, decode_working, working_pixels
 from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, out_of_memory
-from worker.face.errors import BAD_IMAGE, LOW_QUALITY, NO_FACE, FaceError
-from worker.face.landmarks import Landmarker
-from worker.face.quality import Quality, failures, measure
+from worker.face.errors import NO_FACE, FaceError
+from worker.face.landmarks import Landmarker, landmarks_or_errors
+from worker.face.quality import Quality
 from worker.face.regions import CHIP_SIZE, original_box, scale_box, shrink_to_chip
 from worker.face.types import Box, FaceResult
 from worker.face.variants import embed_variant
@@ -89,23 +89,6 @@ class _Face:
     source: Region | None = None  # until the chip exists (batched torch alignment)
     points: np.ndarray | None = None  # the landmarks in source's pixels
     quality: Quality | None = None
-
-
-@dataclass
-class _Chosen:
-    """One image's faces that passed every filter, and those refused."""
-
-    faces: list[_Face]
-    refused: list[Refusal]
-    detected: int
-
-
-def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
-    """The FaceResult of an image that failed: its FaceError, or bad_image for anything else."""
-    if isinstance(error, FaceError):
-        return FaceResult(detector=detector, error_code=error.code, error_message=error.message)
-    log.error("image failed unexpectedly", exc_info=error, extra={"image_size_bytes": data_size})
-    return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")
 
 
 class FacePipeline:
@@ -186,19 +169,19 @@ class FacePipeline:
             try:
                 stage.append(self._pick(image, boxes, option))
             except Exception as error:
-                stage.append(_failure(name, error, len(data)))
+                stage.append(failure(name, error, len(data)))
         slots = [(i, k) for i, c in enumerate(stage) if isinstance(c, Choice) for k in range(len(c.boxes))]
         boxes_of = [stage[i].boxes[k] for i, k in slots]  # type: ignore[union-attr]
-        points = self._landmarks([decoded[i].pixels for i, _ in slots], boxes_of)
+        points = landmarks_or_errors(self.landmarker, [decoded[i].pixels for i, _ in slots], boxes_of)
 
         def align(slot: tuple[int, int], box: Box, landmarks: Any) -> _Face | FaceResult:
             i = slot[0]
             if isinstance(landmarks, Exception):
-                return _failure(names[i], landmarks, len(images[i]))
+                return failure(names[i], landmarks, len(images[i]))
             try:
                 return self._align(images[i], decoded[i], box, landmarks, names[i])
             except Exception as error:
-                return _failure(names[i], error, len(images[i]))
+                return failure(names[i], error, len(images[i]))
 
         aligned = list(self._pool.map(align, slots, boxes_of, points))
         del decoded  # the working copies
@@ -207,9 +190,9 @@ class FacePipeline:
         for (i, _), face in zip(slots, aligned):
             per_image.setdefault(i, []).append(face)
         for i, faces in per_image.items():
-            stage[i] = self._filter(stage[i], faces, wanted[i].quality_filter, names[i])  # type: ignore[arg-type]
+            stage[i] = keep_passing(stage[i], faces, wanted[i].quality_filter, names[i])  # type: ignore[arg-type]
 
-        kept = [f for item in stage if isinstance(item, _Chosen) for f in item.faces]
+        kept = [f for item in stage if isinstance(item, Kept) for f in item.faces]
         by_version: dict[str, np.ndarray] = {}
         if kept:
             chips = np.stack([f.chip for f in kept])
@@ -219,7 +202,7 @@ class FacePipeline:
         found_at = iter(range(len(kept)))
         results = []
         for item in stage:
-            if not isinstance(item, _Chosen):
+            if not isinstance(item, Kept):
                 results.append(item)
                 continue
             faces = []
@@ -240,35 +223,6 @@ class FacePipeline:
             faces[0].others = faces[1:]
             results.append(faces[0])
         return results
-
-    def _filter(self, choice: Choice, faces: list[Any], level: str, name: str) -> "_Chosen | FaceResult":
-        """The aligned faces of one image that pass the quality filter; the image's error when
-        none does (an alignment error first, else low_quality)."""
-        chosen = _Chosen([], list(choice.refused), choice.detected)
-        errors = []
-        for face in faces:
-            if isinstance(face, FaceResult):
-                errors.append(face)
-                continue
-            face.quality = measure(face.chip, face.landmarks, face.box)
-            failed = failures(face.quality, level)
-            if failed:
-                chosen.refused.append(Refusal(face.box, LOW_QUALITY, face.quality, failed))
-            else:
-                chosen.faces.append(face)
-        if chosen.faces:
-            return chosen
-        if errors:
-            return errors[0]
-        worst = next(r for r in chosen.refused if r.reason == LOW_QUALITY)
-        message = f"the face is below the {level!r} quality filter: {', '.join(worst.failed)}"
-        return FaceResult(
-            detector=name,
-            error_code=LOW_QUALITY,
-            error_message=message,
-            faces_detected=choice.detected,
-            refused=chosen.refused,
-        )
 
     def decoded_pixels(self, data: bytes) -> int:
         """The decoded pixels a pass holds for these image bytes, read from the header (0 for bytes
@@ -395,23 +349,6 @@ class FacePipeline:
             return self._detect_halving(detect_many, decoded, batch[:half]) + self._detect_halving(
                 detect_many, decoded, batch[half:]
             )
-
-    def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
-        """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
-        pass; should it fail, each face is tried alone."""
-        if not boxes:
-            return []
-        try:
-            return list(self.landmarker.landmarks_many(images, boxes))
-        except Exception:
-            log.exception("batch landmarks failed; one face at a time", extra={"faces": len(boxes)})
-        found = []
-        for image, box in zip(images, boxes):
-            try:
-                found.append(self.landmarker.landmarks(image, box))
-            except Exception as error:
-                found.append(error)
-        return found
 
     def close(self) -> None:
         """Stop the thread pool."""
