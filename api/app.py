@@ -15,7 +15,7 @@ from api.deps import Backends
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from api.responses import OrjsonResponse
-from api.routes import batches, enrollments, health, identifications, jobs, subjects, verifications
+from api.routes import batches, detections, enrollments, health, identifications, jobs, subjects, verifications
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api.access")
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.backends = backends
     app.state.metrics = ApiMetrics()
     install_error_handlers(app)
-    for module in (enrollments, verifications, identifications, batches, jobs, subjects, health):
+    for module in (enrollments, verifications, identifications, detections, batches, jobs, subjects, health):
         app.include_router(module.router)
     if settings.metrics_route:
         app.include_router(health.metrics_router)

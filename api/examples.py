@@ -15,6 +15,7 @@ _BATCH_ID = "2f1a9c3e-77b0-4c55-8e21-0a6d3f5b9c12"
 ENROLLMENT: dict[str, Any] = {"images": [_IMAGE, _IMAGE], "callback_url": "https://example.com/hooks/biofleet"}
 VERIFICATION: dict[str, Any] = {"subject_id": "alice", "image": _IMAGE}
 IDENTIFICATION: dict[str, Any] = {"image": _IMAGE, "top_k": 3}
+DETECTION: dict[str, Any] = {"image": _IMAGE, "max_faces": 10, "min_face_size": 40}
 
 BATCH: dict[str, Any] = {
     "jobs": [

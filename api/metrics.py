@@ -40,6 +40,8 @@ def submit_kind(method: str, path: str) -> str | None:
         return "verify"
     if path == "/v1/identifications":
         return "identify"
+    if path == "/v1/detections":
+        return "detect"
     if path.startswith("/v1/subjects/") and path.endswith("/enrollments"):
         return "enroll"
     return None

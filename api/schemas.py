@@ -10,10 +10,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from api.examples import QUEUED_JOB
+from shared.face_options import MULTIPLE_FACES, OPTION_NAMES, QUALITY_FILTERS, options_of
 from shared.jobs import SUBJECT_ID_PATTERN
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
-JobKind = Literal["enroll", "verify", "identify", "reenroll"]
+JobKind = Literal["enroll", "verify", "identify", "reenroll", "detect"]
 
 
 class _Request(BaseModel):
@@ -23,6 +24,29 @@ class _Request(BaseModel):
     callback_url: str | None = Field(
         None, description="http(s) URL that gets a signed POST of the job JSON when final."
     )
+    max_faces: int | None = Field(
+        None, description="Faces used per image, largest first (identify, detect: up to max_faces; else 1)."
+    )
+    min_face_size: int | None = Field(
+        None, description="Refuse faces whose box's smaller side is under this, in original pixels (0-10000)."
+    )
+    min_detector_confidence: float | None = Field(
+        None, description="Refuse faces the detector scored under this (-10 to 10; the CNN's is about 0.5-1.5)."
+    )
+    quality_filter: str | None = Field(
+        None,
+        description="Refuse faces below a quality level (see README: Face quality); default none.",
+        json_schema_extra={"enum": list(QUALITY_FILTERS)},
+    )
+    multiple_faces: str | None = Field(
+        None,
+        description="With several faces and max_faces 1: use the largest, or fail with multiple_faces.",
+        json_schema_extra={"enum": list(MULTIPLE_FACES)},
+    )
+
+    def face_options(self) -> dict[str, Any] | None:
+        """The face options set (None: the defaults)."""
+        return options_of(self.model_dump(include=set(OPTION_NAMES)))
 
 
 class ImageUri(BaseModel):
@@ -60,10 +84,19 @@ class IdentificationRequest(_Request):
     top_k: int = Field(5, description="How many candidates to return, 1 to max_top_k.")
 
 
+class DetectionRequest(_Request):
+    image: Image | None = Field(None, description="The image: base64, or {uri}.")
+
+
 def _form(properties: dict, required: list[str]) -> dict:
     common = {
         "cropped": {"type": "boolean", "default": False},
         "callback_url": {"type": "string", "format": "uri"},
+        "max_faces": {"type": "integer"},
+        "min_face_size": {"type": "integer"},
+        "min_detector_confidence": {"type": "number"},
+        "quality_filter": {"type": "string", "enum": list(QUALITY_FILTERS)},
+        "multiple_faces": {"type": "string", "enum": list(MULTIPLE_FACES)},
     }
     return {"type": "object", "properties": {**properties, **common}, "required": required}
 
@@ -74,6 +107,7 @@ VERIFICATION_FORM = _form(
     {"subject_id": {"type": "string", "pattern": SUBJECT_ID_PATTERN}, "image": _FILE}, ["subject_id", "image"]
 )
 IDENTIFICATION_FORM = _form({"image": _FILE, "top_k": {"type": "integer", "default": 5}}, ["image"])
+DETECTION_FORM = _form({"image": _FILE}, ["image"])
 
 
 def request_body(model: type[BaseModel], form: dict, example: dict) -> dict:
@@ -103,6 +137,50 @@ class Candidate(BaseModel):
     distance: float
 
 
+class FaceBox(BaseModel):
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+class FaceQuality(BaseModel):
+    face_size_px: int = Field(description="The face box's smaller side, original pixels.")
+    sharpness: float = Field(description="0 (flat) to 1 (sharp): Laplacian variance v of the chip, v / (v + 100).")
+    yaw: float = Field(description="Degrees, rough, from the landmarks; positive: nose towards the image's right.")
+    pitch: float = Field(description="Degrees, rough, from the landmarks; positive: chin up.")
+    roll: float = Field(description="Degrees: the eye line's angle, positive clockwise in the image.")
+    brightness: float = Field(description="0 to 1: the chip centre's mean grey / 255.")
+    contrast: float = Field(description="0 to 1: the chip centre's grey standard deviation / 127.5.")
+
+
+class Face(BaseModel):
+    """The face used, in the original image's upright pixels (after EXIF orientation)."""
+
+    box: FaceBox = Field(description="Inclusive pixel coordinates.")
+    landmarks: list[list[float]] = Field(
+        description="5 (x, y) points, dlib's order: outer and inner corner of the eye on the image's right, "
+        "outer and inner corner of the eye on the image's left, base of the nose."
+    )
+    detector_confidence: float | None = Field(description="The detector's score; null for cropped images.")
+    faces_detected: int = Field(description="Faces the detector found in the image.")
+    quality: FaceQuality | None
+    detector: str | None
+    model_version: str
+
+
+class RefusedFace(BaseModel):
+    box: FaceBox
+    detector_confidence: float | None
+    reason: Literal["small_face", "low_confidence", "low_quality", "exceeds_max_faces"]
+    quality: FaceQuality | None = None
+    failed: list[str] | None = Field(None, description="low_quality: the measures below the filter's limits.")
+
+
+class IdentifiedFace(Face):
+    candidates: list[Candidate] = Field(description="This face's nearest subjects, nearest first.")
+
+
 class VerifyResult(BaseModel):
     model_config = ConfigDict(extra="allow")
     distance: float
@@ -110,19 +188,28 @@ class VerifyResult(BaseModel):
     match: bool
     model_version: str
     templates_compared: int
+    face: Face | None = None
+    refused: list[RefusedFace] = Field(default_factory=list, description="Faces of the image not used, and why.")
 
 
 class IdentifyResult(BaseModel):
     model_config = ConfigDict(extra="allow")
-    candidates: list[Candidate] = Field(description="Nearest first, one per subject, at most top_k.")
+    candidates: list[Candidate] = Field(description="Nearest first, one per subject, at most top_k (the first face's).")
     threshold: float
     model_version: str
+    face: Face | None = None
+    faces: list[IdentifiedFace] = Field(
+        default_factory=list, description="Each face searched (max_faces), largest first."
+    )
+    refused: list[RefusedFace] = Field(default_factory=list, description="Faces of the image not used, and why.")
 
 
 class EnrolledImage(BaseModel):
     index: int
-    status: Literal["enrolled", "failed"]
-    error: ErrorDetail | None
+    status: Literal["enrolled", "failed"] = Field(description="enrolled: it became a template; failed: see error.")
+    error: ErrorDetail | None = Field(description="Why it did not become a template (no_face, low_quality, ...).")
+    face: Face | None = None
+    refused: list[RefusedFace] = Field(default_factory=list)
 
 
 class EnrollResult(BaseModel):
@@ -134,6 +221,14 @@ class EnrollResult(BaseModel):
     also_written: dict[str, int] | None = Field(
         None, description="Templates written for other model versions (a candidate version), per version."
     )
+
+
+class DetectResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    faces: list[Face] = Field(description="Every face kept (up to max_faces), largest first; no descriptor is stored.")
+    faces_detected: int
+    refused: list[RefusedFace]
+    model_version: str
 
 
 class _Job(BaseModel):
@@ -175,17 +270,23 @@ class IdentifyJob(_Job):
     result: IdentifyResult | None
 
 
+class DetectJob(_Job):
+    kind: Literal["detect"]
+    result: DetectResult | None
+
+
 # A job; its result's shape follows its kind. Clients ignore fields they do not know.
-Job = Annotated[EnrollJob | ReenrollJob | VerifyJob | IdentifyJob, Field(discriminator="kind")]
+Job = Annotated[EnrollJob | ReenrollJob | VerifyJob | IdentifyJob | DetectJob, Field(discriminator="kind")]
 JOB_MODELS: dict[str, type[_Job]] = {
     "enroll": EnrollJob,
     "reenroll": ReenrollJob,
     "verify": VerifyJob,
     "identify": IdentifyJob,
+    "detect": DetectJob,
 }
 
 
-BatchKind = Literal["enroll", "verify", "identify"]
+BatchKind = Literal["enroll", "verify", "identify", "detect"]
 REF_FIELD = Field(None, max_length=128, description="Any string of the client's, echoed in the answer.")
 
 
@@ -205,15 +306,21 @@ class BatchIdentification(IdentificationRequest):
     ref: str | None = REF_FIELD
 
 
+class BatchDetection(DetectionRequest):
+    kind: Literal["detect"]
+    ref: str | None = REF_FIELD
+
+
 BATCH_ITEM_MODELS: dict[str, type[_Request]] = {
     "enroll": BatchEnrollment,
     "verify": BatchVerification,
     "identify": BatchIdentification,
+    "detect": BatchDetection,
 }
 
 
 class BatchRequest(BaseModel):
-    jobs: list[BatchEnrollment | BatchVerification | BatchIdentification] = Field(
+    jobs: list[BatchEnrollment | BatchVerification | BatchIdentification | BatchDetection] = Field(
         description="1 to max_batch_jobs items, each a single-job body plus its kind (and an optional ref)."
     )
 

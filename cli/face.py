@@ -98,6 +98,10 @@ def _table(columns: dict[str, dict], folds: int):
     rows = [
         ("pairs", lambda r: str(r["pairs"])),
         ("failure to acquire (pairs)", lambda r: str(r["fta"])),
+        (
+            "images failed, by code",
+            lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["failed_images"].items())) or "0",
+        ),
         ("genuine / impostor scored", lambda r: f"{r.get('genuine', 0)} / {r.get('impostor', 0)}"),
         (f"accuracy at {DLIB_THRESHOLD}", lambda r: _percent(r["accuracy_at_0_6"])),
         (best, lambda r: _percent(r["best_accuracy"])),
@@ -128,8 +132,21 @@ def _table(columns: dict[str, dict], folds: int):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (fractions, not percents).")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG: DET curve and histograms.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--quality-filter",
+    type=click.Choice(["none", "low", "medium", "high"]),
+    default="none",
+    show_default=True,
+    help="Refuse faces below this quality level (refused images count as failures to acquire).",
+)
 def eval_pairs(
-    pairs_file: Path, root: Path, reference: str | None, as_json: bool, plot: Path | None, batch_size: int
+    pairs_file: Path,
+    root: Path,
+    reference: str | None,
+    as_json: bool,
+    plot: Path | None,
+    batch_size: int,
+    quality_filter: str,
 ) -> None:
     """Verification metrics on an LFW-format pairs file.
 
@@ -147,8 +164,13 @@ def eval_pairs(
     # Both columns keep the largest face when an image shows several; each is named with its detector.
     columns, distances = {}, {}
     ours, theirs = f"biofleet ({settings.detector})", "dlib (hog)"
+    from worker.face.choose import FaceOptions
+
+    def process(batch: list[bytes]) -> list:
+        return pipeline.process(batch, options=[FaceOptions(quality_filter=quality_filter)] * len(batch))
+
     with load_face_pipeline(settings, multiple_faces="largest") as pipeline:
-        results = descriptors(pipeline.process, root, images, batch_size, "biofleet")
+        results = descriptors(process, root, images, batch_size, "biofleet")
     columns[ours], distances[ours] = _column(pairs, results)
     if reference == "dlib":
         dlib = DlibReference.load(
@@ -165,7 +187,7 @@ def eval_pairs(
             click.echo("no pairs scored: no plot written", err=True)
 
     if as_json:
-        out = {**columns[ours], "detector": settings.detector}
+        out = {**columns[ours], "detector": settings.detector, "quality_filter": quality_filter}
         if theirs in columns:
             out["reference"] = {**columns[theirs], "detector": "hog"}
         click.echo(json.dumps(out))

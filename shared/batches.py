@@ -271,6 +271,7 @@ def _insert(
                 "cropped": request.cropped,
                 "blob_keys": keys[job_id],
                 "callback_url": request.callback_url,
+                "options": request.options,
                 "attempts": 0,
                 "published": True,
                 "submit_batch_id": batch_id,

@@ -1,7 +1,7 @@
 """The submit path, for the API and for batch scripts: store the images, insert the job row, publish.
 
-JobRequest(kind, images, subject_id, top_k, cropped, callback_url): what a client asks for; an
-    image is bytes, or an ImageRef (shared/image_refs.py) the worker reads itself.
+JobRequest(kind, images, subject_id, top_k, cropped, callback_url, options): what a client asks
+    for; an image is bytes, or an ImageRef (shared/image_refs.py) the worker reads itself.
 validate(request, settings) -> None, or SubmitError with a stable code.
 check_references(database_url, tenant_id, request) -> None, or SubmitError "uri_not_allowed" for a
     reference outside the tenant's image_uri_prefixes.
@@ -24,6 +24,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from sqlalchemy import delete, select, update
@@ -33,6 +34,7 @@ from shared.blob import BlobStore
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import Job
 from shared.db.session import session_scope
+from shared.face_options import option_error
 from shared.image_refs import ImageRef, allowed, tenant_prefixes
 from shared.messages import MAX_IMAGES, JobMessage
 from shared.publish import publish_all
@@ -91,10 +93,11 @@ class JobRequest:
     top_k: int | None = None
     cropped: bool = False
     callback_url: str | None = None
+    options: dict[str, Any] | None = None  # face options (shared.face_options)
 
     def request_hash(self) -> str:
         """sha256 hex of the canonical request (images by their sha256), whatever the HTTP form."""
-        canonical = {
+        canonical: dict[str, Any] = {
             "kind": self.kind,
             "subject_id": self.subject_id,
             "top_k": self.top_k,
@@ -104,6 +107,8 @@ class JobRequest:
                 image.uri if isinstance(image, ImageRef) else hashlib.sha256(image).hexdigest() for image in self.images
             ],
         }
+        if self.options:
+            canonical["options"] = self.options
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -137,6 +142,9 @@ def validate(request: JobRequest, settings: Settings) -> None:
     if request.kind == "identify":
         if request.top_k is None or not 1 <= request.top_k <= settings.max_top_k:
             raise SubmitError("bad_top_k", f"top_k must be between 1 and {settings.max_top_k}")
+    problem = option_error(request.kind, request.options, settings.max_faces)
+    if problem is not None:
+        raise SubmitError(*problem)
     if request.callback_url is not None and not is_callback_url(request.callback_url):
         raise SubmitError("bad_callback_url", "callback_url must be an absolute http(s) URL")
     if request.callback_url is not None:
@@ -227,6 +235,7 @@ def submit_job(
                     cropped=request.cropped,
                     blob_keys=keys,
                     callback_url=request.callback_url,
+                    options=request.options,
                     attempts=0,
                     idempotency_key=idempotency_key,
                     request_hash=digest,
@@ -280,6 +289,7 @@ def message_for(job: Job) -> JobMessage:
         cropped=bool(job.cropped),
         model_version=job.model_version if job.kind == "reenroll" else None,  # the version it writes
         submitted_at=job.submitted_at.timestamp(),
+        options=job.options,
     )
 
 

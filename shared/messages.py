@@ -1,10 +1,10 @@
 """The message contract between the API and the workers: small JSON, never image bytes."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobKind = Literal["enroll", "verify", "identify", "reenroll"]
+JobKind = Literal["enroll", "verify", "identify", "reenroll", "detect"]
 MAX_IMAGES = 10  # images of one job; settings.max_images_per_enrollment may lower it, never raise it
 
 
@@ -23,3 +23,6 @@ class JobMessage(BaseModel):
     cropped: bool = False  # the images are already face crops: skip detection
     model_version: str | None = None  # reenroll: the version whose templates the job writes
     submitted_at: float  # unix seconds, for end-to-end latency
+    # The request's face options (max_faces, min_face_size, min_detector_confidence, quality_filter,
+    # multiple_faces); None: the defaults.
+    options: dict[str, Any] | None = None

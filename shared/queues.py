@@ -17,4 +17,5 @@ RUN_JOBS_TASK = "biofleet.run_jobs"
 CONSUME_ORDER = (VERIFY, IDENTIFY, ENROLL, REENROLL)
 
 # The queue a job kind goes to.
-QUEUE_FOR_KIND = {"verify": VERIFY, "enroll": ENROLL, "identify": IDENTIFY, "reenroll": REENROLL}
+# detect reads no gallery: it shares the identify queue.
+QUEUE_FOR_KIND = {"verify": VERIFY, "enroll": ENROLL, "identify": IDENTIFY, "reenroll": REENROLL, "detect": IDENTIFY}

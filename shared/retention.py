@@ -23,7 +23,7 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 ENROLL_KINDS = ("enroll", "reenroll")
-PROBE_KINDS = ("verify", "identify")
+PROBE_KINDS = ("verify", "identify", "detect")
 CHUNK = 500
 
 

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     api_workers: int = Field(0, ge=0)
     # Postgres connections per API process (the async pool; overflow the same again).
     api_db_pool: int = Field(16, ge=1)
+    max_faces: int = Field(100, ge=1, le=1000)  # max_faces of a request, at most; a detect job's default
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     # Prometheus endpoints on their own ports, never behind the ingress: the API's (`python -m api`)

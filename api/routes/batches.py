@@ -29,7 +29,7 @@ from shared.jobs import MAX_IDEMPOTENCY_KEY, JobRequest, SubmitError, job_json
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 MAX_PAGE = 1000
-IMAGE_FIELDS = {"enroll": "images", "verify": "image", "identify": "image"}
+IMAGE_FIELDS = {"enroll": "images", "verify": "image", "identify": "image", "detect": "image"}
 
 
 def _bad_request(message: str) -> ApiError:
@@ -65,7 +65,7 @@ def _read_item(index: int, data: Any) -> BatchItem:
             raise SubmitError("validation_error", "an item is a JSON object")
         model = BATCH_ITEM_MODELS.get(data.get("kind"))  # type: ignore[arg-type]
         if model is None:
-            raise SubmitError("bad_kind", "kind must be enroll, verify or identify")
+            raise SubmitError("bad_kind", "kind must be enroll, verify, identify or detect")
         try:
             body: Any = model.model_validate(data)
         except ValidationError as exc:
@@ -83,6 +83,7 @@ def _read_item(index: int, data: Any) -> BatchItem:
             top_k=getattr(body, "top_k", None),
             cropped=body.cropped,
             callback_url=body.callback_url,
+            options=body.face_options(),
         )
     except SubmitError as exc:
         return BatchItem(index, ref, error=exc)

@@ -38,5 +38,6 @@ async def create_enrollment(
         subject_id=subject_id,
         cropped=body.cropped,
         callback_url=body.callback_url,
+        options=body.face_options(),
     )
     return await accept(context, tenant_id, job_request, idempotency_key)

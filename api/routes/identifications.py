@@ -36,5 +36,6 @@ async def create_identification(
         top_k=body.top_k,
         cropped=body.cropped,
         callback_url=body.callback_url,
+        options=body.face_options(),
     )
     return await accept(context, tenant_id, job_request, idempotency_key)

@@ -126,6 +126,7 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))  # same key + other body -> 409
     callback_url: Mapped[str | None] = mapped_column(Text)
+    options: Mapped[dict | None] = mapped_column(JSONB)  # the request's face options (shared.face_options)
     # False for a job with an idempotency key from its insert until its message is on the queue:
     # a replay waits for it (shared/jobs.py).
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())

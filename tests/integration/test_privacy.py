@@ -269,6 +269,7 @@ ISOLATED_ROUTES = {
     ("POST", "/v1/subjects/{subject_id}/enrollments"),
     ("POST", "/v1/verifications"),
     ("POST", "/v1/identifications"),
+    ("POST", "/v1/detections"),
     ("GET", "/v1/jobs/{job_id}"),
     ("GET", "/v1/subjects/{subject_id}"),
     ("DELETE", "/v1/subjects/{subject_id}"),
@@ -309,15 +310,17 @@ def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(
     wait_final(api_client, key_a, [enroll_a])
     verify_b = submit(key_b, "/v1/verifications", {"subject_id": "same-name", "image": b64(sent[1])})
     identify_b = submit(key_b, "/v1/identifications", {"image": b64(sent[1]), "top_k": 5})
+    detect_b = submit(key_b, "/v1/detections", {"image": b64(sent[1])})
     verify_a = submit(key_a, "/v1/verifications", {"subject_id": "same-name", "image": b64(sent[2])})
-    jobs = wait_final(api_client, key_b, [verify_b, identify_b]) | wait_final(api_client, key_a, [verify_a])
+    jobs = wait_final(api_client, key_b, [verify_b, identify_b, detect_b]) | wait_final(api_client, key_a, [verify_a])
 
     assert jobs[verify_b]["status"] == "failed" and jobs[verify_b]["error"]["code"] == "subject_not_found"
     assert jobs[identify_b]["status"] == "succeeded" and jobs[identify_b]["result"]["candidates"] == []
     assert jobs[verify_a]["status"] == "succeeded"
     for job_id in (enroll_a, verify_a):
         assert api_client.get(f"/v1/jobs/{job_id}", headers=auth(key_b)).status_code == 404
-    for job_id in (verify_b, identify_b):
+    assert jobs[detect_b]["status"] == "succeeded" and len(jobs[detect_b]["result"]["faces"]) >= 1
+    for job_id in (verify_b, identify_b, detect_b):
         assert api_client.get(f"/v1/jobs/{job_id}", headers=auth(key_a)).status_code == 404
     assert api_client.get("/v1/subjects/same-name", headers=auth(key_b)).status_code == 404
     # B's DELETE erases only B's own data under that name (its verification's image keys).

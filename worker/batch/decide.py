@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.batch.face_json import all_faces, face_json, refused_json
 from worker.batch.model import (
     ENROLL_KINDS,
     INTERNAL_ERROR,
@@ -20,8 +21,11 @@ from worker.batch.model import (
     failed,
 )
 from worker.compare import verify
+from worker.face.errors import LOW_CONFIDENCE, LOW_QUALITY, NO_FACE, SMALL_FACE
+from worker.face.types import FaceResult
 
 SubjectKey = tuple[uuid.UUID, str]
+NO_FACE_CODES = (NO_FACE, SMALL_FACE, LOW_CONFIDENCE, LOW_QUALITY)  # a detect job succeeds with no face
 
 
 def plan_versions(items: list[WorkItem], plan: Any, default: str) -> dict[str, dict[str, Any]]:
@@ -68,13 +72,16 @@ def decide_item(
     item: WorkItem,
     threshold: float,
     gallery: dict[SubjectKey, np.ndarray],
-    candidates: list[dict[str, Any]] | None,
+    candidates: list[list[dict[str, Any]]] | None,
 ) -> Outcome:
-    """The outcome of one job whose faces are known (an identify job's candidates found for it)."""
+    """The outcome of one job whose faces are known (an identify job's candidates found for it,
+    per face of its image, largest first)."""
     version = item.model_version or ""
     if item.kind in ENROLL_KINDS:
         return enroll_outcome(item, version)
     probe = item.faces[0] if item.faces else None
+    if item.kind == "detect" and probe is not None:
+        return detect_outcome(probe, version)
     if probe is None or probe.descriptor is None:
         code = probe.error_code if probe is not None else None
         message = probe.error_message if probe is not None else None
@@ -83,13 +90,34 @@ def decide_item(
         templates = gallery.get((item.tenant_id, item.subject or ""))
         if templates is None:
             return failed(SUBJECT_NOT_FOUND, f"subject {item.subject!r} has no templates of {version}")
-        return verify_outcome(probe.descriptor, templates, threshold, version)
+        outcome = verify_outcome(probe.descriptor, templates, threshold, version)
+        assert outcome.result is not None
+        outcome.result.update(face=face_json(probe, version), refused=refused_json(probe))
+        return outcome
     if item.kind == "identify":
-        return Outcome(
-            status="succeeded",
-            result={"candidates": candidates or [], "threshold": threshold, "model_version": version},
-        )
+        per_face = candidates or [[]]
+        faces = [{**(face_json(f, version) or {}), "candidates": c} for f, c in zip(all_faces(probe), per_face)]
+        result = {
+            "candidates": per_face[0],
+            "threshold": threshold,
+            "model_version": version,
+            "face": face_json(probe, version),
+            "faces": faces,
+            "refused": refused_json(probe),
+        }
+        return Outcome(status="succeeded", result=result)
     return failed(INTERNAL_ERROR, f"unknown job kind {item.kind!r}")
+
+
+def detect_outcome(probe: FaceResult, version: str) -> Outcome:
+    """Every face kept with its box, landmarks and quality (no descriptor is stored); an image
+    without a face, or whose faces were all refused, succeeds with none. Other errors fail."""
+    if probe.error_code is not None and probe.error_code not in NO_FACE_CODES:
+        return failed(probe.error_code, probe.error_message or "the image could not be processed")
+    faces = [face_json(f, version) for f in all_faces(probe)]
+    detected = probe.faces_detected
+    result = {"faces": faces, "faces_detected": detected, "refused": refused_json(probe), "model_version": version}
+    return Outcome(status="succeeded", result=result)
 
 
 def verify_outcome(probe: np.ndarray, templates: np.ndarray, threshold: float, version: str) -> Outcome:
@@ -112,10 +140,12 @@ def enroll_outcome(item: WorkItem, model_version: str) -> Outcome:
     for index, face in enumerate(item.faces):
         if face.descriptor is not None:
             templates.append((index, face.descriptor, item.blob_keys[index]))
-            images.append({"index": index, "status": "enrolled", "error": None})
+            face_used = face_json(face, model_version)
+            images.append({"index": index, "status": "enrolled", "error": None, "face": face_used})
         else:
             error = {"code": face.error_code or INTERNAL_ERROR, "message": face.error_message or "no descriptor"}
-            images.append({"index": index, "status": "failed", "error": error})
+            images.append({"index": index, "status": "failed", "error": error, "face": None})
+        images[-1]["refused"] = refused_json(face)
     if not templates:
         first = images[0]["error"]
         return failed(first["code"], first["message"])

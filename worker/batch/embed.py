@@ -22,6 +22,7 @@ from shared.settings import Settings
 from worker import metrics
 from worker.batch.fetch_uri import read_reference
 from worker.batch.model import INTERNAL_ERROR, Runtime, WorkItem
+from worker.face.choose import FaceOptions
 from worker.face.decode import image_pixels
 from worker.face.types import FaceResult
 
@@ -78,6 +79,7 @@ def embed(items: list[WorkItem], runtime: Runtime, batch_id: str, preprocessing:
 def _embed_group(pending: list[WorkItem], variants: Variants, runtime: Runtime, batch_id: str) -> None:
     images: list[bytes] = []
     cropped: list[bool] = []
+    options: list[FaceOptions | None] = []
     slots: list[Slot] = []
     waiting: dict[int, list[FaceResult | None]] = {}
     for item in pending:
@@ -89,25 +91,34 @@ def _embed_group(pending: list[WorkItem], variants: Variants, runtime: Runtime, 
             else:
                 images.append(data)
                 cropped.append(item.cropped)
+                options.append(face_options(item, runtime.settings))
                 slots.append((item, index))
 
-    def run(part_images: list[bytes], part_cropped: list[bool]) -> list[FaceResult]:
-        _crash_hook(runtime.settings, part_images)
-        return process_images(runtime.pipeline, part_images, part_cropped, variants)
+    def run(part: slice) -> list[FaceResult]:
+        _crash_hook(runtime.settings, images[part])
+        return process_images(runtime.pipeline, images[part], cropped[part], variants, options[part])
 
     for start, end in pixel_parts(runtime, images, slots):
         part_slots = slots[start:end]
         try:
-            results = run(images[start:end], cropped[start:end])
+            results = run(slice(start, end))
         except Exception:
             log.exception("batch forward pass failed; retrying job by job", extra={"batch_id": batch_id})
-            results = _process_one_by_one(run, images[start:end], cropped[start:end], part_slots, batch_id)
+            results = _process_one_by_one(run, start, part_slots, batch_id)
         for (item, index), result in zip(part_slots, results):
             waiting[id(item)][index] = result
     for item in pending:
         item.faces = [
             face or FaceResult(error_code=INTERNAL_ERROR, error_message="no result") for face in waiting[id(item)]
         ]
+
+
+def face_options(item: WorkItem, settings: Settings) -> FaceOptions | None:
+    """The face options of an item's images: None for the defaults (one face, the worker's
+    policy); a detect job keeps up to settings.max_faces faces unless it asks for fewer."""
+    if item.kind == "detect":
+        return FaceOptions.from_json(item.options, max_faces=settings.max_faces)
+    return FaceOptions.from_json(item.options) if item.options else None
 
 
 def pixel_parts(runtime: Runtime, images: list[bytes], slots: list[Any]) -> list[tuple[int, int]]:
@@ -142,14 +153,21 @@ def _crash_hook(settings: Settings, images: list[bytes]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def process_images(pipeline: Any, images: list[bytes], cropped: list[bool], variants: Variants) -> list[FaceResult]:
+def process_images(
+    pipeline: Any,
+    images: list[bytes],
+    cropped: list[bool],
+    variants: Variants,
+    options: list[FaceOptions | None] | None = None,
+) -> list[FaceResult]:
     """pipeline.process, timed as the detect and embed stages (split when the pipeline's embedder
-    is a metrics.TimedEmbedder, else all counted as detect)."""
+    is a metrics.TimedEmbedder, else all counted as detect); options passed only when one is set."""
     timed = pipeline.embedder if isinstance(getattr(pipeline, "embedder", None), metrics.TimedEmbedder) else None
     if timed is not None:
         timed.last_s = 0.0
     start = time.perf_counter()
-    results: list[FaceResult] = pipeline.process(images, cropped, variants=variants)
+    extra = {"options": options} if options and any(o is not None for o in options) else {}
+    results: list[FaceResult] = pipeline.process(images, cropped, variants=variants, **extra)
     elapsed = time.perf_counter() - start
     if len(results) != len(images):
         raise RuntimeError(f"pipeline returned {len(results)} results for {len(images)} images")
@@ -165,13 +183,10 @@ def process_images(pipeline: Any, images: list[bytes], cropped: list[bool], vari
 
 
 def _process_one_by_one(
-    run: Callable[[list[bytes], list[bool]], list[FaceResult]],
-    images: list[bytes],
-    cropped: list[bool],
-    slots: list[Slot],
-    batch_id: str,
+    run: Callable[[slice], list[FaceResult]], offset: int, slots: list[Slot], batch_id: str
 ) -> list[FaceResult]:
-    """run(images, cropped) on each item's images alone; an item whose call fails gets errors."""
+    """run(part) on each item's images alone (slots start at image offset); an item whose call
+    fails gets errors."""
     results: list[FaceResult] = []
     start = 0
     while start < len(slots):
@@ -180,7 +195,7 @@ def _process_one_by_one(
         while end < len(slots) and slots[end][0] is item:
             end += 1
         try:
-            results.extend(run(images[start:end], cropped[start:end]))
+            results.extend(run(slice(offset + start, offset + end)))
         except Exception:
             log.exception("forward pass failed for a job", extra={"job_id": str(item.job_id), "batch_id": batch_id})
             error = FaceResult(error_code=INTERNAL_ERROR, error_message="internal error while processing the image")

@@ -17,7 +17,7 @@ WORKER_CRASH = "worker_crash"  # the job's process died (OOM kill, segfault) eac
 SUBJECT_NOT_FOUND = "subject_not_found"
 VERSION_UNAVAILABLE = "model_version_unavailable"
 ENROLL_KINDS = ("enroll", "reenroll")  # reenroll: stored enrollment images, embedded again by this version
-PROBE_KINDS = ("verify", "identify")
+PROBE_KINDS = ("verify", "identify", "detect")
 DEFAULT_TOP_K = 5
 
 TemplateRow = tuple[int, np.ndarray, str]  # (image index, descriptor, blob key)
@@ -112,6 +112,15 @@ class WorkItem:
     @property
     def model_version(self) -> str | None:
         return self.versions[0] if self.versions else None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The request's face options (shared.messages.JobMessage.options)."""
+        return dict(self.message.options or {}) if self.message is not None else {}
+
+    @property
+    def submitted_at(self) -> float:
+        return self.message.submitted_at if self.message is not None else 0.0
 
     @classmethod
     def from_row(cls, row: JobRow, delivery: Delivery, message: JobMessage) -> "WorkItem":

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from shared.messages import JobMessage
@@ -39,6 +40,7 @@ from worker.batch.model import (
     WorkItem,
     failed,
 )
+from worker.batch.same_batch import earlier_templates, merge_candidates, with_earlier
 from worker.batch.uow import BatchUnitOfWork, DatabaseUnavailable, JobsRepository, in_transaction
 
 log = logging.getLogger(__name__)
@@ -220,10 +222,18 @@ def _plan(repo: JobsRepository, items: list[WorkItem], runtime: Runtime) -> dict
 
 
 def compare_all(repo: JobsRepository, items: list[WorkItem], runtime: Runtime) -> None:
-    """Give every undecided item its outcome (verify and identify read templates)."""
+    """Give every undecided item its outcome: the enrollments first, in submission order, then
+    verify and identify, which see the templates of the enrollments submitted before them in the
+    batch (worker.batch.same_batch) besides those in the database."""
     pending = [item for item in items if item.outcome is None]
     for item in pending:
         item.versions = item.versions or (runtime.model_version,)
+    enrolled = []
+    for item in sorted((i for i in pending if i.kind == "enroll"), key=lambda i: i.submitted_at):
+        item.outcome = decide_item(item, 0.0, {}, None)
+        if item.outcome.status == "succeeded":
+            enrolled.append(item)
+    pending = [item for item in pending if item.outcome is None]
     used = {item.versions[0] for item in pending}
     default = runtime.settings.match_threshold
     thresholds = {v: repo.threshold(v, default) for v in used}
@@ -231,20 +241,41 @@ def compare_all(repo: JobsRepository, items: list[WorkItem], runtime: Runtime) -
     found = nearest_all(repo, pending, runtime.settings.max_top_k)
     for item in pending:
         version = item.versions[0]
-        item.outcome = decide_item(item, thresholds[version], galleries[version], found.get(id(item)))
+        earlier = earlier_templates(item, enrolled, version) if enrolled else {}
+        gallery = with_earlier(galleries[version], item, earlier)
+        candidates = found.get(id(item))
+        if candidates is not None and earlier:
+            top_k = min(item.top_k or DEFAULT_TOP_K, runtime.settings.max_top_k)
+            probes = probe_descriptors(item)
+            candidates = [merge_candidates(c, d, earlier, top_k) for c, d in zip(candidates, probes, strict=True)]
+        item.outcome = decide_item(item, thresholds[version], gallery, candidates)
 
 
-def nearest_all(repo: JobsRepository, items: list[WorkItem], max_top_k: int) -> dict[int, list[dict[str, Any]]]:
-    """The candidates of every identify item with a probe descriptor, by id(item): one search call."""
-    asking, probes = [], []
+def nearest_all(repo: JobsRepository, items: list[WorkItem], max_top_k: int) -> dict[int, list[list[dict[str, Any]]]]:
+    """The candidates of every identify item with a probe descriptor, by id(item), per face of its
+    image (max_faces > 1: several, largest first): all probes in one search call."""
+    asking: list[WorkItem] = []
+    probes: list[Probe] = []
     for item in items:
-        descriptor = item.faces[0].descriptor if item.kind == "identify" and item.faces else None
-        if descriptor is not None:
+        if item.kind != "identify":
+            continue
+        top_k = min(item.top_k or DEFAULT_TOP_K, max_top_k)
+        for descriptor in probe_descriptors(item):
             asking.append(item)
-            probes.append(
-                Probe(item.tenant_id, item.versions[0], descriptor, min(item.top_k or DEFAULT_TOP_K, max_top_k))
-            )
-    return {id(i): found for i, found in zip(asking, repo.nearest(probes), strict=True)} if probes else {}
+            probes.append(Probe(item.tenant_id, item.versions[0], descriptor, top_k))
+    found: dict[int, list[list[dict[str, Any]]]] = {}
+    if probes:
+        for item, candidates in zip(asking, repo.nearest(probes), strict=True):
+            found.setdefault(id(item), []).append(candidates)
+    return found
+
+
+def probe_descriptors(item: WorkItem) -> list[np.ndarray]:
+    """The descriptors of the faces of an item's first image, largest first."""
+    first = item.faces[0] if item.faces else None
+    if first is None:
+        return []
+    return [face.descriptor for face in [first, *first.others] if face.descriptor is not None]
 
 
 def commit_all(items: list[WorkItem], runtime: Runtime, uow: BatchUnitOfWork, batch_id: str) -> list[WorkItem]:

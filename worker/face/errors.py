@@ -4,6 +4,11 @@ BAD_IMAGE = "bad_image"
 IMAGE_TOO_LARGE = "image_too_large"
 NO_FACE = "no_face"
 MULTIPLE_FACES = "multiple_faces"
+# Faces refused by the request's options (worker.face.choose).
+SMALL_FACE = "small_face"
+LOW_CONFIDENCE = "low_confidence"
+LOW_QUALITY = "low_quality"
+EXCEEDS_MAX_FACES = "exceeds_max_faces"
 
 
 class FaceError(Exception):

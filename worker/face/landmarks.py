@@ -7,12 +7,15 @@ image's left, the base of the nose. worker.face.align expects this order. landma
 many faces in one vectorised pass.
 """
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from worker.face.shape_predictor import ShapePredictor
 from worker.face.types import Box
+
+log = logging.getLogger(__name__)
 
 
 class Landmarker:
@@ -32,3 +35,21 @@ class Landmarker:
         """images[i] and boxes[i]: face i's image (shared arrays are read once) and box.
         Returns (F, 5, 2) float64 (x, y)."""
         return self.predictor.predict(images, boxes)
+
+
+def landmarks_or_errors(landmarker: Landmarker, images: list[np.ndarray], boxes: list[Box]) -> list:
+    """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
+    pass; should it fail, each face is tried alone."""
+    if not boxes:
+        return []
+    try:
+        return list(landmarker.landmarks_many(images, boxes))
+    except Exception:
+        log.exception("batch landmarks failed; one face at a time", extra={"faces": len(boxes)})
+    found: list = []
+    for image, box in zip(images, boxes):
+        try:
+            found.append(landmarker.landmarks(image, box))
+        except Exception as error:
+            found.append(error)
+    return found

@@ -22,19 +22,21 @@ header (the working copy and what its face keeps), for worker.batch's per-batch 
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from worker.face.align import chip_rect, face_chip
+from worker.face.choose import Choice, FaceOptions, Kept, choose, failure, keep_passing
 from worker.face.decode import Region, Working, decode_region, decode_working, working_pixels
 from worker.face.detect import CnnDetector, CroppedDetector, Detector, HogDetector, out_of_memory
-from worker.face.errors import BAD_IMAGE, MULTIPLE_FACES, NO_FACE, FaceError
-from worker.face.landmarks import Landmarker
+from worker.face.errors import NO_FACE, FaceError
+from worker.face.landmarks import Landmarker, landmarks_or_errors
+from worker.face.quality import Quality
 from worker.face.regions import CHIP_SIZE, original_box, scale_box, shrink_to_chip
 from worker.face.types import Box, FaceResult
 from worker.face.variants import embed_variant
@@ -86,14 +88,7 @@ class _Face:
     detector: str
     source: Region | None = None  # until the chip exists (batched torch alignment)
     points: np.ndarray | None = None  # the landmarks in source's pixels
-
-
-def _failure(detector: str, error: Exception, data_size: int) -> FaceResult:
-    """The FaceResult of an image that failed: its FaceError, or bad_image for anything else."""
-    if isinstance(error, FaceError):
-        return FaceResult(detector=detector, error_code=error.code, error_message=error.message)
-    log.error("image failed unexpectedly", exc_info=error, extra={"image_size_bytes": data_size})
-    return FaceResult(detector=detector, error_code=BAD_IMAGE, error_message="the image could not be processed")
+    quality: Quality | None = None
 
 
 class FacePipeline:
@@ -150,66 +145,83 @@ class FacePipeline:
         images: list[bytes],
         cropped: bool | list[bool] = False,
         variants: Mapping[str, Mapping[str, Any]] | None = None,
+        options: Sequence[FaceOptions | None] | None = None,
     ) -> list[FaceResult]:
         """images: encoded image bytes; cropped: per image (or for all) whether it is already a
         face crop (no detection: the whole image is the face); variants: model version ->
         preprocessing (worker.face.variants), each face's descriptor per version in
-        FaceResult.descriptors, the first also its descriptor (None: the plain descriptor only).
-        Returns one FaceResult per image, in order."""
+        FaceResult.descriptors, the first also its descriptor (None: the plain descriptor only);
+        options: per image, the request's face options (None: one face, by the pipeline's policy).
+        Returns one FaceResult per image, in order: its first face (with max_faces > 1 the next
+        ones in `others`, largest first), each with its quality, and the faces refused."""
         flags = [cropped] * len(images) if isinstance(cropped, bool) else list(cropped)
         if len(flags) != len(images):
             raise ValueError(f"{len(images)} images but {len(flags)} cropped flags")
+        wanted = [o or FaceOptions() for o in (options or [None] * len(images))]
         names = [self.cropped_detector.name if flag else self.detector.name for flag in flags]
         decoded = list(self._pool.map(self._decode, images))
         found = self._detect([d.pixels if isinstance(d, Working) else d for d in decoded], flags)
 
-        # Per image: its face box (working copy) or its FaceResult with the error; then all
-        # landmarks at once, on the working copies.
-        stage: list[Box | FaceResult | _Face] = []
-        for name, image, boxes, data in zip(names, decoded, found, images):
+        # Per image: its chosen face boxes (working copy) or its FaceResult with the error; then
+        # the landmarks of every chosen face at once, on the working copies.
+        stage: list[Choice | FaceResult] = []
+        for name, image, boxes, data, option in zip(names, decoded, found, images, wanted):
             try:
-                stage.append(self._pick(image, boxes))
+                stage.append(self._pick(image, boxes, option))
             except Exception as error:
-                stage.append(_failure(name, error, len(data)))
-        waiting = [i for i, item in enumerate(stage) if isinstance(item, Box)]
-        points = self._landmarks([decoded[i].pixels for i in waiting], [stage[i] for i in waiting])
+                stage.append(failure(name, error, len(data)))
+        slots = [(i, k) for i, c in enumerate(stage) if isinstance(c, Choice) for k in range(len(c.boxes))]
+        boxes_of = [stage[i].boxes[k] for i, k in slots]  # type: ignore[union-attr]
+        points = landmarks_or_errors(self.landmarker, [decoded[i].pixels for i, _ in slots], boxes_of)
 
-        def align(i: int, landmarks) -> _Face | FaceResult:
+        def align(slot: tuple[int, int], box: Box, landmarks: Any) -> _Face | FaceResult:
+            i = slot[0]
             if isinstance(landmarks, Exception):
-                return _failure(names[i], landmarks, len(images[i]))
+                return failure(names[i], landmarks, len(images[i]))
             try:
-                return self._align(images[i], decoded[i], stage[i], landmarks, names[i])
+                return self._align(images[i], decoded[i], box, landmarks, names[i])
             except Exception as error:
-                return _failure(names[i], error, len(images[i]))
+                return failure(names[i], error, len(images[i]))
 
-        for i, face in zip(waiting, self._pool.map(align, waiting, points)):
-            stage[i] = face
+        aligned = list(self._pool.map(align, slots, boxes_of, points))
         del decoded  # the working copies
-        self._batch_chips([p for p in stage if isinstance(p, _Face) and p.chip is None])
+        self._batch_chips([p for p in aligned if isinstance(p, _Face) and p.chip is None])
+        per_image: dict[int, list[_Face | FaceResult]] = {}
+        for (i, _), face in zip(slots, aligned):
+            per_image.setdefault(i, []).append(face)
+        for i, faces in per_image.items():
+            stage[i] = keep_passing(stage[i], faces, wanted[i].quality_filter, names[i])  # type: ignore[arg-type]
 
-        faces = [p for p in stage if isinstance(p, _Face)]
+        kept = [f for item in stage if isinstance(item, Kept) for f in item.faces]
         by_version: dict[str, np.ndarray] = {}
-        if faces:
-            chips = np.stack([f.chip for f in faces])
+        if kept:
+            chips = np.stack([f.chip for f in kept])
             by_version = {name: embed_variant(self.embedder, chips, pre) for name, pre in (variants or {}).items()}
             first = next(iter(by_version.values()), None)
             descriptors = first if first is not None else np.asarray(self.embedder.embed(chips), dtype=np.float32)
-        found_at = iter(range(len(faces)))
+        found_at = iter(range(len(kept)))
         results = []
-        for p in stage:
-            if isinstance(p, _Face):
+        for item in stage:
+            if not isinstance(item, Kept):
+                results.append(item)
+                continue
+            faces = []
+            for f in item.faces:
                 k = next(found_at)
-                results.append(
+                faces.append(
                     FaceResult(
                         descriptor=descriptors[k],
-                        box=p.box,
-                        landmarks=p.landmarks,
-                        detector=p.detector,
+                        box=f.box,
+                        landmarks=f.landmarks,
+                        detector=f.detector,
                         descriptors={name: rows[k] for name, rows in by_version.items()},
+                        quality=f.quality,
+                        faces_detected=item.detected,
+                        refused=item.refused,
                     )
                 )
-            else:
-                results.append(p)
+            faces[0].others = faces[1:]
+            results.append(faces[0])
         return results
 
     def decoded_pixels(self, data: bytes) -> int:
@@ -222,16 +234,16 @@ class FacePipeline:
         pixels = working_pixels(data, self.detect_max_side)
         return pixels + FACE_PIXELS if pixels else 0
 
-    def _pick(self, image: np.ndarray | Exception, boxes: list[Box] | Exception) -> Box:
-        """The face box to use, by the multiple-faces policy; raises what the image failed with."""
+    def _pick(self, image: Any, boxes: list[Box] | Exception, options: FaceOptions) -> Choice:
+        """The face boxes to use, by the request's options and the multiple-faces policy; raises
+        what the image failed with."""
         for failed in (image, boxes):
             if isinstance(failed, Exception):
                 raise failed
         if not boxes:
             raise FaceError(NO_FACE, "no face was found in the image")
-        if len(boxes) > 1 and self.multiple_faces == "reject":
-            raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
-        return largest(boxes)
+        originals = [replace(original_box(b, image), score=b.score) for b in boxes]  # type: ignore[arg-type]
+        return choose(boxes, originals, options, options.multiple_faces or self.multiple_faces, largest)  # type: ignore[arg-type]
 
     def _decode(self, data: bytes) -> Working | Exception:
         try:
@@ -258,7 +270,12 @@ class FacePipeline:
             )
             source = decode_region(data, self.max_pixels, region, min(1.0, need / (side * scale)))
             landmarks = self.landmarker.landmarks(source.pixels, scale_box(box, work, source))
-        face = _Face(chip=None, box=original_box(box, work), landmarks=source.to_original(landmarks), detector=name)
+        face = _Face(
+            chip=None,
+            box=replace(original_box(box, work), score=box.score),
+            landmarks=source.to_original(landmarks),
+            detector=name,
+        )
         if work.reduced:
             source, landmarks = shrink_to_chip(source, landmarks)
         if self.aligner == "numpy":
@@ -332,23 +349,6 @@ class FacePipeline:
             return self._detect_halving(detect_many, decoded, batch[:half]) + self._detect_halving(
                 detect_many, decoded, batch[half:]
             )
-
-    def _landmarks(self, images: list[np.ndarray], boxes: list[Box]) -> list:
-        """Per face: its (5, 2) landmarks, or the exception the shape predictor raised. All in one
-        pass; should it fail, each face is tried alone."""
-        if not boxes:
-            return []
-        try:
-            return list(self.landmarker.landmarks_many(images, boxes))
-        except Exception:
-            log.exception("batch landmarks failed; one face at a time", extra={"faces": len(boxes)})
-        found = []
-        for image, box in zip(images, boxes):
-            try:
-                found.append(self.landmarker.landmarks(image, box))
-            except Exception as error:
-                found.append(error)
-        return found
 
     def close(self) -> None:
         """Stop the thread pool."""

@@ -1,6 +1,7 @@
 """What the pipeline returns for one image."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,10 @@ class FaceResult:
     error_code: str | None = None
     error_message: str | None = None
     descriptors: dict[str, np.ndarray] = field(default_factory=dict)  # version -> (128,) float32
+    quality: Any = None  # worker.face.quality.Quality of the face
+    faces_detected: int = 0  # faces the detector found in the image
+    refused: list[Any] = field(default_factory=list)  # worker.face.choose.Refusal, faces not used
+    others: list["FaceResult"] = field(default_factory=list)  # with max_faces > 1: the next faces, largest first
 
     @property
     def ok(self) -> bool:

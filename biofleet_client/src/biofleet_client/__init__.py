@@ -61,13 +61,17 @@ from biofleet_client.models import (
     BatchAccepted,
     BatchItem,
     BatchItemResult,
+    DetectJob,
+    DetectResult,
     EnrollJob,
     EnrollResult,
+    Face,
     IdentifyJob,
     IdentifyResult,
     JobPage,
     OtherJob,
     ReenrollJob,
+    RefusedFace,
     Subject,
     SubjectPage,
     UriImage,
@@ -78,6 +82,10 @@ from biofleet_client.models import (
 from biofleet_client.webhooks import verify_webhook
 
 __all__ = [
+    "DetectJob",
+    "DetectResult",
+    "Face",
+    "RefusedFace",
     "AnyJob",
     "AsyncClient",
     "BadBase64",

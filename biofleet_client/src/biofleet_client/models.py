@@ -1,8 +1,8 @@
 """Request and response models of the API. Responses ignore fields they do not know, so a newer
 server does not break an older client.
 
-AnyJob: a job, its `result` typed by its `kind` (EnrollJob, ReenrollJob, VerifyJob, IdentifyJob;
-OtherJob for a kind this client does not know). parse_job(data) -> AnyJob.
+AnyJob: a job, its `result` typed by its `kind` (EnrollJob, ReenrollJob, VerifyJob, IdentifyJob,
+DetectJob; OtherJob for a kind this client does not know). parse_job(data) -> AnyJob.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
 
 FINAL_STATUSES = ("succeeded", "failed")
-JOB_KINDS = ("enroll", "reenroll", "verify", "identify")
+JOB_KINDS = ("enroll", "reenroll", "verify", "identify", "detect")
 
 
 class _Response(BaseModel):
@@ -69,7 +69,7 @@ class DetectionRequest(_Submit):
 class BatchItem(_Submit):
     """One job of a batch: its kind, an optional client ref and that kind's body fields."""
 
-    kind: Literal["enroll", "verify", "identify"]
+    kind: Literal["enroll", "verify", "identify", "detect"]
     ref: str | None = Field(None, max_length=128)
     images: list[ImageValue] | None = None
     subject_id: str | None = None
@@ -94,10 +94,53 @@ class Candidate(_Response):
     distance: float
 
 
+class FaceBox(_Response):
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+class FaceQuality(_Response):
+    face_size_px: int
+    sharpness: float
+    yaw: float
+    pitch: float
+    roll: float
+    brightness: float
+    contrast: float
+
+
+class Face(_Response):
+    """The face used: box and 5 landmarks in the original image's upright pixels."""
+
+    box: FaceBox
+    landmarks: list[list[float]]
+    detector_confidence: float | None = None
+    faces_detected: int
+    quality: FaceQuality | None = None
+    detector: str | None = None
+    model_version: str
+
+
+class RefusedFace(_Response):
+    box: FaceBox
+    detector_confidence: float | None = None
+    reason: str  # small_face, low_confidence, low_quality, exceeds_max_faces
+    quality: FaceQuality | None = None
+    failed: list[str] | None = None
+
+
+class IdentifiedFace(Face):
+    candidates: list[Candidate]
+
+
 class EnrolledImage(_Response):
     index: int
     status: str
     error: ErrorDetail | None = None
+    face: Face | None = None
+    refused: list[RefusedFace] = []
 
 
 class EnrollResult(_Response):
@@ -114,11 +157,23 @@ class VerifyResult(_Response):
     match: bool
     model_version: str
     templates_compared: int
+    face: Face | None = None
+    refused: list[RefusedFace] = []
 
 
 class IdentifyResult(_Response):
     candidates: list[Candidate]
     threshold: float
+    model_version: str
+    face: Face | None = None
+    faces: list[IdentifiedFace] = []
+    refused: list[RefusedFace] = []
+
+
+class DetectResult(_Response):
+    faces: list[Face]
+    faces_detected: int
+    refused: list[RefusedFace]
     model_version: str
 
 
@@ -164,6 +219,11 @@ class IdentifyJob(_Job):
     result: IdentifyResult | None = None
 
 
+class DetectJob(_Job):
+    kind: Literal["detect"]
+    result: DetectResult | None = None
+
+
 class OtherJob(_Job):
     """A job of a kind this client does not know: its result as plain JSON."""
 
@@ -181,6 +241,7 @@ AnyJob = Annotated[
     | Annotated[ReenrollJob, Tag("reenroll")]
     | Annotated[VerifyJob, Tag("verify")]
     | Annotated[IdentifyJob, Tag("identify")]
+    | Annotated[DetectJob, Tag("detect")]
     | Annotated[OtherJob, Tag("other")],
     Discriminator(_job_kind),
 ]
@@ -189,6 +250,7 @@ JOB_MODELS: dict[str, type[_Job]] = {
     "reenroll": ReenrollJob,
     "verify": VerifyJob,
     "identify": IdentifyJob,
+    "detect": DetectJob,
 }
 _JOB = TypeAdapter(AnyJob)
 
