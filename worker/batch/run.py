@@ -16,6 +16,7 @@ Writes are idempotent by job id: a job already final is never rewritten.
 """
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -119,6 +120,7 @@ def _run_unit(
     if not items:
         return True
     log.info("batch started", extra={"batch_id": report.batch_id, "size": report.received, "jobs": len(items)})
+    metrics.take_stage_totals()  # this unit's stages only
     try:
         if verdict is not None:
             for item in items:
@@ -132,6 +134,10 @@ def _run_unit(
         return False
     report.skipped += len(items) - len(finished)
     after_commit(finished, runtime, report)
+    log.info(
+        "batch finished",
+        extra={"batch_id": report.batch_id, "jobs": len(items), "stage_s": metrics.take_stage_totals()},
+    )
     return True
 
 
@@ -244,7 +250,12 @@ def nearest_all(repo: JobsRepository, items: list[WorkItem], max_top_k: int) -> 
             probes.append(
                 Probe(item.tenant_id, item.versions[0], descriptor, min(item.top_k or DEFAULT_TOP_K, max_top_k))
             )
-    return {id(i): found for i, found in zip(asking, repo.nearest(probes), strict=True)} if probes else {}
+    if not probes:
+        return {}
+    started = time.perf_counter()
+    found = repo.nearest(probes)
+    metrics.add_stage_time("search", time.perf_counter() - started)
+    return {id(i): candidates for i, candidates in zip(asking, found, strict=True)}
 
 
 def commit_all(items: list[WorkItem], runtime: Runtime, uow: BatchUnitOfWork, batch_id: str) -> list[WorkItem]:
