@@ -8,8 +8,8 @@ The gallery of tenant A grows through --sizes (rows are only added): the LFW ide
 ../shared/data/faces (lfw_colour: 3 images enrolled, 7 probes each; lfw_view1: every image but
 the last enrolled, at most 3, the last a probe), one template per distinct image (no vector is
 enrolled twice: an HNSW graph links exact duplicates mostly to each other), at most half of the
-gallery, then synthetic subjects (3 templates each) drawn around real descriptors (seeded): a
-centre at a distractor distance from a real descriptor, templates around the centre. Tenant B holds a tenth as many templates, in the
+gallery, then synthetic subjects (3 templates each) drawn around enrolled real descriptors (never a
+probe's; seeded): a centre at a distractor distance from a real descriptor, templates around it. Tenant B holds a tenth as many templates, in the
 same table. Templates are bulk-loaded with binary COPY. At each size a gallery with at least
 ann_min_templates templates gets its partial HNSW index (build time and size recorded).
 
@@ -98,6 +98,12 @@ def split_real(real: dict) -> tuple[dict[str, np.ndarray], list[tuple[str, np.nd
     return enrolled, probes
 
 
+def distractor_seeds(enrolled: dict[str, np.ndarray]) -> np.ndarray:
+    """The real descriptors distractors are drawn around: enrolled images only. Drawn around a
+    probe's own image, a shell of distractors surrounds the probe with nothing enrolled inside."""
+    return np.concatenate([enrolled[name] for name in sorted(enrolled)]).astype(np.float32)
+
+
 def synthetic(rng: np.random.Generator, seeds: np.ndarray, subjects: int) -> np.ndarray:
     """(subjects, 3, 128) templates around centres drawn at a distractor distance from seeds."""
     base = seeds[rng.integers(0, len(seeds), subjects)]
@@ -129,7 +135,8 @@ def distance_figures(real: dict, faces_dir: Path, subjects: int = 20_000) -> dic
     people = np.array([n.split("/", 1)[1] for n in real["names"]])
     d = np.sqrt(np.maximum(((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1), 0))
     nearest_other = np.where(people[:, None] == people[None, :], np.inf, d).min(axis=1)
-    drawn = synthetic(np.random.default_rng(SEED), real["vectors"], subjects).astype(np.float64)
+    seeds = distractor_seeds(split_real(real)[0])
+    drawn = synthetic(np.random.default_rng(SEED), seeds, subjects).astype(np.float64)
     flat = drawn.reshape(-1, DIM)[: 3 * 2000]
     to_real = np.sqrt(
         np.maximum(
@@ -511,7 +518,7 @@ def run(args) -> dict:
     probe_vectors = np.stack([p[1] for p in probes])
     colour_images = [p[2] for p in probes if "/lfw_colour/" in p[2]]
     colour_images += [p for _, _, p in split_real(real)[1] if "/lfw_colour/" in p and p not in colour_images]
-    seeds = real["vectors"]
+    seeds = distractor_seeds(enrolled)
     results = {
         "settings": {k: getattr(settings, k) for k in Settings.model_fields if k.startswith("ann_")},
         "probes": len(probes),
