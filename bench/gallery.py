@@ -1,13 +1,15 @@
 """1:N identification at gallery scale: search latency, recall and the stack, from 1k to 1M templates.
 
     .venv/bin/python -m bench.gallery                          # 1k, 10k, 100k (about 10 min)
-    .venv/bin/python -m bench.gallery --sizes 1000,10000,100000,1000000
+    .venv/bin/python -m bench.gallery --sizes 1000,10000,100000,1000000 --keep /tmp/gallery-1m
+    .venv/bin/python -m bench.gallery --stack-only --keep /tmp/gallery-1m   # the stack figures alone
 
 The gallery of tenant A grows through --sizes (rows are only added): the LFW identities of
 ../shared/data/faces (lfw_colour: 3 images enrolled, 7 probes each; lfw_view1: every image but
-the last enrolled, the last a probe), at most half of the gallery, then synthetic subjects (3
-templates each) drawn around real descriptors (seeded): a centre at a distractor distance from a
-real descriptor, templates around the centre. Tenant B holds a tenth as many templates, in the
+the last enrolled, at most 3, the last a probe), one template per distinct image (no vector is
+enrolled twice: an HNSW graph links exact duplicates mostly to each other), at most half of the
+gallery, then synthetic subjects (3 templates each) drawn around enrolled real descriptors (never a
+probe's; seeded): a centre at a distractor distance from a real descriptor, templates around it. Tenant B holds a tenth as many templates, in the
 same table. Templates are bulk-loaded with binary COPY. At each size a gallery with at least
 ann_min_templates templates gets its partial HNSW index (build time and size recorded).
 
@@ -96,6 +98,12 @@ def split_real(real: dict) -> tuple[dict[str, np.ndarray], list[tuple[str, np.nd
     return enrolled, probes
 
 
+def distractor_seeds(enrolled: dict[str, np.ndarray]) -> np.ndarray:
+    """The real descriptors distractors are drawn around: enrolled images only. Drawn around a
+    probe's own image, a shell of distractors surrounds the probe with nothing enrolled inside."""
+    return np.concatenate([enrolled[name] for name in sorted(enrolled)]).astype(np.float32)
+
+
 def synthetic(rng: np.random.Generator, seeds: np.ndarray, subjects: int) -> np.ndarray:
     """(subjects, 3, 128) templates around centres drawn at a distractor distance from seeds."""
     base = seeds[rng.integers(0, len(seeds), subjects)]
@@ -105,6 +113,49 @@ def synthetic(rng: np.random.Generator, seeds: np.ndarray, subjects: int) -> np.
     centres = base + direction * radius
     noise = rng.normal(0, SPREAD / np.sqrt(DIM), size=(subjects, PER_SUBJECT, DIM))
     return (centres[:, None, :] + noise).astype(np.float32)
+
+
+def distance_figures(real: dict, faces_dir: Path, subjects: int = 20_000) -> dict:
+    """Quantiles (1, 5, 25, 50, 75, 95%) of the distances that decide how hard the distractors are:
+    LFW View 1 same- and different-person pairs, each real descriptor to its nearest other
+    identity, a synthetic template to its nearest real descriptor, and within a synthetic subject."""
+    vectors = real["vectors"].astype(np.float64)
+    index = {Path(p).name: i for i, p in enumerate(real["images"])}
+    pairs: dict[str, list[float]] = {"same": [], "different": []}
+    for line in (faces_dir / "lfw_view1" / "pairsDevTest.txt").read_text().splitlines()[1:]:
+        f = line.split("\t")
+        if len(f) == 3:
+            a, b, kind = f"{f[0]}_{int(f[1]):04d}.jpg", f"{f[0]}_{int(f[2]):04d}.jpg", "same"
+        elif len(f) == 4:
+            a, b, kind = f"{f[0]}_{int(f[1]):04d}.jpg", f"{f[2]}_{int(f[3]):04d}.jpg", "different"
+        else:
+            continue
+        if a in index and b in index:
+            pairs[kind].append(float(np.linalg.norm(vectors[index[a]] - vectors[index[b]])))
+    people = np.array([n.split("/", 1)[1] for n in real["names"]])
+    d = np.sqrt(np.maximum(((vectors[:, None, :] - vectors[None, :, :]) ** 2).sum(-1), 0))
+    nearest_other = np.where(people[:, None] == people[None, :], np.inf, d).min(axis=1)
+    seeds = distractor_seeds(split_real(real)[0])
+    drawn = synthetic(np.random.default_rng(SEED), seeds, subjects).astype(np.float64)
+    flat = drawn.reshape(-1, DIM)[: 3 * 2000]
+    to_real = np.sqrt(
+        np.maximum(
+            (flat**2).sum(1)[:, None] - 2 * flat @ vectors.T + (vectors**2).sum(1)[None, :],
+            0,
+        ).min(axis=1)
+    )
+    within = np.concatenate([np.linalg.norm(drawn[:, a] - drawn[:, b], axis=1) for a, b in ((0, 1), (0, 2), (1, 2))])
+
+    def q(values) -> dict[str, float]:
+        return {f"p{p}": round(float(np.percentile(values, p)), 3) for p in (1, 5, 25, 50, 75, 95)}
+
+    return {
+        "lfw_view1_same_person": {"pairs": len(pairs["same"]), **q(pairs["same"])},
+        "lfw_view1_different_person": {"pairs": len(pairs["different"]), **q(pairs["different"])},
+        "real_to_nearest_other_identity": q(nearest_other),
+        "synthetic_template_to_nearest_real": q(to_real),
+        "synthetic_within_subject": q(within),
+    }
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -118,9 +169,16 @@ def _uuids(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def copy_gallery(
-    engine, tenant_id: uuid.UUID, version: str, names: list[str], vectors: np.ndarray, rng: np.random.Generator
+    engine,
+    tenant_id: uuid.UUID,
+    version: str,
+    names: list[str],
+    vectors: np.ndarray,
+    counts: np.ndarray,
+    rng: np.random.Generator,
 ) -> None:
-    """Subjects `names` with their (n, 3, 128) templates, by binary COPY (fixed-width rows)."""
+    """Subjects `names` with their templates, by binary COPY (fixed-width rows): vectors (rows, 128),
+    counts[i] rows of subject i, in order."""
     count = len(names)
     width = max(len(n.encode()) for n in names)
     subject_ids = _uuids(rng, count)
@@ -142,7 +200,7 @@ def copy_gallery(
     subjects["id"], subjects["tenant"] = subject_ids, np.void(tenant_id.bytes)
     subjects["l_name"] = [len(n.encode()) for n in names]
     subjects["name"] = [n.encode() for n in names]
-    rows = count * PER_SUBJECT
+    rows = int(counts.sum())
     mv = version.encode()
     templates = np.zeros(
         rows,
@@ -172,12 +230,12 @@ def copy_gallery(
     for field in ("l_id", "l_tenant", "l_subject", "l_src"):
         templates[field] = 16
     templates["id"], templates["tenant"] = _uuids(rng, rows), np.void(tenant_id.bytes)
-    templates["subject"] = np.repeat(subject_ids, PER_SUBJECT)
-    templates["src"] = np.repeat(_uuids(rng, count), PER_SUBJECT)
+    templates["subject"] = np.repeat(subject_ids, counts)
+    templates["src"] = np.repeat(_uuids(rng, count), counts)
     templates["l_mv"], templates["mv"] = len(mv), mv
     templates["l_emb"], templates["dim"] = 4 + 4 * DIM, DIM
     templates["emb"] = vectors.reshape(rows, DIM)
-    templates["l_index"], templates["index"] = 4, np.tile(np.arange(PER_SUBJECT), count)
+    templates["l_index"], templates["index"] = 4, np.arange(rows) - np.repeat(np.cumsum(counts) - counts, counts)
     if len({len(n.encode()) for n in names}) == 1:
         subject_bytes = subjects.tobytes()
     else:  # names of varying width: one row at a time
@@ -208,19 +266,21 @@ class Gallery:
     def __init__(self, tenant_id: uuid.UUID, version: str):
         self.tenant_id, self.version = tenant_id, version
         self.names: list[str] = []
-        self.blocks: list[np.ndarray] = []  # (n, 3, 128) per load
+        self.blocks: list[np.ndarray] = []  # (rows, 128) per load
+        self.counts: list[np.ndarray] = []  # templates per subject, per load
         self.real_added = 0
         self.synthetic_added = 0
 
     @property
     def templates(self) -> int:
-        return len(self.names) * PER_SUBJECT
+        return sum(len(block) for block in self.blocks)
 
-    def add(self, engine, names: list[str], vectors: np.ndarray, rng) -> None:
+    def add(self, engine, names: list[str], vectors: np.ndarray, counts: np.ndarray, rng) -> None:
         if names:
-            copy_gallery(engine, self.tenant_id, self.version, names, vectors, rng)
+            copy_gallery(engine, self.tenant_id, self.version, names, vectors, counts, rng)
             self.names += names
-            self.blocks.append(vectors)
+            self.blocks.append(vectors.reshape(-1, DIM))
+            self.counts.append(counts)
 
     def grow(self, engine, size: int, real: dict[str, np.ndarray], seeds: np.ndarray, rng) -> None:
         """Add real subjects (up to half of size) then synthetic ones, to about size templates."""
@@ -228,29 +288,33 @@ class Gallery:
         want_real = min(len(real_names), max(0, size // 2 // PER_SUBJECT))
         new_real = real_names[self.real_added : want_real]
         if new_real:
-            vectors = np.stack([_three(real[n], rng) for n in new_real])
-            self.add(engine, new_real, vectors, rng)
+            chosen = [real[n][:PER_SUBJECT].astype(np.float32) for n in new_real]
+            counts = np.array([len(c) for c in chosen])
+            self.add(engine, new_real, np.concatenate(chosen), counts, rng)
             self.real_added = want_real
         missing = -(-max(0, size - self.templates) // PER_SUBJECT)
         if missing:
             names = [f"syn{self.synthetic_added + i:08d}" for i in range(missing)]
-            self.add(engine, names, synthetic(rng, seeds, missing), rng)
+            counts = np.full(missing, PER_SUBJECT)
+            self.add(engine, names, synthetic(rng, seeds, missing).reshape(-1, DIM), counts, rng)
             self.synthetic_added += missing
 
     def exact_top(self, probes: np.ndarray, k: int) -> list[list[str]]:
         """The exact top-k subjects per probe (min over a subject's templates), with numpy."""
-        vectors = np.concatenate(self.blocks).reshape(-1, DIM)
+        vectors = np.concatenate(self.blocks)
+        counts = np.concatenate(self.counts)
+        starts = np.cumsum(counts) - counts
         norms = (vectors**2).sum(axis=1)
         found = []
         for probe in probes:
             d2 = norms - 2 * (vectors @ probe.astype(np.float32)) + float(probe @ probe)
-            per_subject = d2.reshape(-1, PER_SUBJECT).min(axis=1)
+            per_subject = np.minimum.reduceat(d2, starts)
             top = np.argpartition(per_subject, k + 10)[: k + 10]  # then exactly, in float64
             exact = [
                 (
                     float(
                         np.linalg.norm(
-                            vectors[s * PER_SUBJECT : (s + 1) * PER_SUBJECT].astype(np.float64) - probe, axis=1
+                            vectors[starts[s] : starts[s] + counts[s]].astype(np.float64) - probe, axis=1
                         ).min()
                     ),
                     self.names[s],
@@ -259,12 +323,6 @@ class Gallery:
             ]
             found.append([name for _, name in sorted(exact)[:k]])
         return found
-
-
-def _three(vectors: np.ndarray, rng) -> np.ndarray:
-    """Exactly 3 templates: a real subject's first three, repeated when it has fewer."""
-    rows = [vectors[i % len(vectors)] for i in range(PER_SUBJECT)]
-    return np.stack(rows).astype(np.float32)
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -388,11 +446,15 @@ def build_indexes(database_url: str, settings, galleries: list[Gallery]) -> dict
 
 
 def stack_figures(stack, images: list[str], rounds: int) -> dict:
+    """Rounds of 32 identify jobs through the API and a worker (the first round warms it up), with
+    each round's time split: submitting (first to last 202), the worker's batch stages (its "batch
+    finished" log lines: detect = decode + detect + align, embed, search within compare, ...) and
+    the rest (queueing, polling granularity, the stages not listed)."""
     from bench.harness import submit_all, wait_jobs
 
     bodies = [{"image": base64.b64encode(Path(p).read_bytes()).decode(), "top_k": TOP_K} for p in images[:BATCH]]
-    walls = []
-    for round_ in range(rounds + 1):  # the first round warms the worker
+    walls, splits = [], []
+    for round_ in range(rounds + 1):
         sent = submit_all(stack.api_url, stack.key, "/v1/identifications", bodies, concurrency=BATCH)
         jobs = wait_jobs(stack, [s.job_id for s in sent], timeout=300)
         ok = [j for j in jobs.values() if j.status == "succeeded" and j.finished]
@@ -401,11 +463,43 @@ def stack_figures(stack, images: list[str], rounds: int) -> dict:
         wall = max(j.finished for j in ok) - min(s.sent for s in sent)
         if round_:
             walls.append(wall)
+            splits.append(_split(stack, wall, sent, {j.batch_id for j in ok}))
+            say(f"stack round {round_}: {wall:.2f} s, " + ", ".join(f"{k} {v:.2f}" for k, v in splits[-1].items()))
     return {
         "batch32_s": walls,
         "batch32_median_s": statistics.median(walls),
         "jobs_per_s": BATCH / statistics.median(walls),
+        "split_s": splits,
+        "load_average": _load(),
     }
+
+
+def _split(stack, wall: float, sent: list, batch_ids: set) -> dict:
+    """One round's seconds: submit span, batches, each stage summed over the round's batches, rest."""
+    import json
+
+    stages: dict[str, float] = {}
+    batches = 0
+    for log in sorted((stack.root / "logs").glob("worker-*.log")):
+        for line in log.read_text().splitlines():
+            if '"batch finished"' not in line:
+                continue
+            entry = json.loads(line)
+            if entry.get("batch_id") in batch_ids:
+                batches += 1
+                for name, seconds in entry.get("stage_s", {}).items():
+                    stages[name] = stages.get(name, 0.0) + seconds
+    submit = max(s.answered for s in sent) - min(s.sent for s in sent)
+    in_stages = sum(v for k, v in stages.items() if k != "search")  # search is part of compare
+    split = {"batches": float(batches), "submit": submit, **stages}
+    split["rest"] = max(0.0, wall - in_stages)
+    return split
+
+
+def _load() -> list[float]:
+    import os
+
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def run(args) -> dict:
@@ -424,7 +518,7 @@ def run(args) -> dict:
     probe_vectors = np.stack([p[1] for p in probes])
     colour_images = [p[2] for p in probes if "/lfw_colour/" in p[2]]
     colour_images += [p for _, _, p in split_real(real)[1] if "/lfw_colour/" in p and p not in colour_images]
-    seeds = real["vectors"]
+    seeds = distractor_seeds(enrolled)
     results = {
         "settings": {k: getattr(settings, k) for k in Settings.model_fields if k.startswith("ann_")},
         "probes": len(probes),
@@ -436,13 +530,13 @@ def run(args) -> dict:
     from bench.model import machine
 
     results["machine"] = machine(torch.device("cpu"))
-    with BenchStack(log_level="WARNING") as stack:
+    with BenchStack(root=args.keep, log_level="WARNING", keep=args.keep is not None) as stack:
         engine = get_engine(stack.database_url)
         with session_scope(stack.database_url) as session:
             tenant_a = get_or_create_tenant(session, "bench")
             tenant_b = get_or_create_tenant(session, "bench-other")
-        from worker.app import ensure_model_version
         from worker.face.weights import RECOGNITION_MODEL, model_path, sha256_file
+        from worker.versions import ensure_model_version
 
         ensure_model_version(stack.database_url, settings, sha256_file(model_path(RECOGNITION_MODEL)))
         version = settings.model_version
@@ -487,13 +581,45 @@ def run(args) -> dict:
             if size in args.stack_sizes:
                 if stack.api_url is None:
                     stack.start_api()
-                    stack.start_worker(ann_interval_s=0)
+                    stack.start_worker(ann_interval_s=0, log_level="INFO")
                 row["stack"] = stack_figures(stack, colour_images, args.stack_rounds)
             results["sizes"].append(row)
             print_row(row)
             write_results(args.out, results)
             plot(results, args.plot)
     return results
+
+
+def stack_only(args) -> dict:
+    """Only the stack figures, on the gallery a run with --keep left in that folder; added to the
+    results file under "stack_reruns"."""
+    import json
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from bench.harness import TENANT, BenchStack
+    from shared.db.session import session_scope
+
+    real = real_descriptors(args.faces_dir, Path(args.cache))
+    images = [p for _, _, p in split_real(real)[1] if "/lfw_colour/" in p]
+    with BenchStack(root=args.keep, log_level="WARNING", keep=True) as stack:
+        with session_scope(stack.database_url) as session:
+            templates = session.execute(
+                text("SELECT count(*) FROM templates t JOIN tenants n ON n.id = t.tenant_id WHERE n.name = :name"),
+                {"name": TENANT},
+            ).scalar_one()
+        if not templates:
+            raise SystemExit(f"no gallery in {args.keep}: run with --keep {args.keep} first")
+        stack.start_api()
+        stack.start_worker(ann_interval_s=0, log_level="INFO")
+        figures = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "templates": templates}
+        figures.update(stack_figures(stack, images, args.stack_rounds))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.setdefault("stack_reruns", []).append(figures)
+    write_results(args.out, results)
+    say(f"{templates:,} templates: 32 identify jobs through the stack, median {figures['batch32_median_s']:.2f} s")
+    return figures
 
 
 def print_row(row: dict) -> None:
@@ -552,13 +678,32 @@ def main() -> None:
     parser.add_argument("--ef-sweep", default="", help="hnsw.ef_search values to sweep at indexed sizes, e.g. 400,800")
     parser.add_argument("--faces-dir", type=Path, default=get_settings().faces_dir)
     parser.add_argument("--cache", default=str(get_settings().model_cache_dir / "bench-gallery-descriptors.npz"))
+    parser.add_argument("--keep", type=Path, default=None, help="keep the stack's folder (gallery, indexes) here")
+    parser.add_argument(
+        "--stack-only", action="store_true", help="only the stack figures, on the gallery a --keep run left"
+    )
+    parser.add_argument("--distances", action="store_true", help="only the distance quantiles of real and synthetic")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot", type=Path, default=PLOT)
     args = parser.parse_args()
     args.sizes = sorted(int(s) for s in args.sizes.split(","))
     args.stack_sizes = {int(s) for s in (args.stack_sizes or str(args.sizes[-1])).split(",") if s}  # 0: none
     args.ef_sweep = [int(v) for v in args.ef_sweep.split(",") if v]
-    run(args)
+    if args.distances:
+        import json
+
+        figures = distance_figures(real_descriptors(args.faces_dir, Path(args.cache)), args.faces_dir)
+        results = json.loads(args.out.read_text()) if args.out.exists() else {}
+        results["distances"] = figures
+        write_results(args.out, results)
+        for name, row in figures.items():
+            print(f"{name:38} " + " ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    elif args.stack_only:
+        if args.keep is None:
+            parser.error("--stack-only needs --keep DIR")
+        stack_only(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,11 @@ class JobTimes:
 class BenchStack:
     """See the module docstring. Services start in __init__; the API and workers on demand."""
 
-    def __init__(self, root: Path | None = None, log_level: str = "INFO"):
+    def __init__(self, root: Path | None = None, log_level: str = "INFO", keep: bool = False):
+        """root: the folder (default: a new temporary one); keep: leave it (data included) on close,
+        so a later stack on the same root finds the data again."""
         self.root = Path(root or tempfile.mkdtemp(prefix="biofleet-bench-"))
+        self.keep = keep
         self.processes: list = []
         self.api_proc = None
         self.api_url: str | None = None
@@ -81,7 +84,7 @@ class BenchStack:
         self.database_url = services.start_postgres(self._pg_dir)
         upgrade(self.database_url)
         blobs = self.root / "blobs"
-        blobs.mkdir()
+        blobs.mkdir(exist_ok=True)
         self.blob_url = blobs.as_uri()
         with session_scope(self.database_url) as session:
             self.key = create_api_key(session, TENANT)
@@ -137,7 +140,7 @@ class BenchStack:
         services.stop_process(proc, timeout=60)
 
     def close(self) -> None:
-        """Stop every process started here, then the services; remove the folder."""
+        """Stop every process started here, then the services; remove the folder unless kept."""
         for proc in reversed(self.processes):
             services.stop_process(proc, timeout=30)
         self.processes.clear()
@@ -146,7 +149,8 @@ class BenchStack:
         finally:
             if self._valkey is not None:
                 services.stop_process(self._valkey, timeout=10)
-            shutil.rmtree(self.root, ignore_errors=True)
+            if not self.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _raise_exit(signum, frame):

@@ -7,6 +7,8 @@ set_worker_info(model_version, device) (biofleet_worker_info, 1 per ready pool p
 Stages: fetch, detect (decode + detect + align), embed, compare, commit.
 Each pool process serves its own registry on worker_metrics_port + its pool index (worker.app).
 TimedEmbedder(embedder) wraps an embedder and keeps the seconds of its last embed call.
+take_stage_totals() -> {stage: seconds} observed in this process since the last call (the "batch
+finished" log line carries them, with search: identify's nearest-neighbour step within compare).
 """
 
 import logging
@@ -80,8 +82,24 @@ def observe_batch(size: int) -> None:
     BATCH_SIZE.observe(size)
 
 
+_totals: dict[str, float] = {}
+
+
 def observe_stage(name: str, seconds: float) -> None:
     STAGE_SECONDS.labels(stage=name).observe(seconds)
+    add_stage_time(name, seconds)
+
+
+def add_stage_time(name: str, seconds: float) -> None:
+    """Count seconds towards this process's stage totals only (no histogram)."""
+    _totals[name] = _totals.get(name, 0.0) + seconds
+
+
+def take_stage_totals() -> dict[str, float]:
+    """The stage totals since the last call, rounded to the millisecond; resets them."""
+    totals = {name: round(seconds, 3) for name, seconds in _totals.items()}
+    _totals.clear()
+    return totals
 
 
 @contextmanager

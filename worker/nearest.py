@@ -4,7 +4,8 @@ identify_many(session, probes, settings) -> [[{"subject_id", "distance"}], ...],
 in order, nearest first, one entry per subject (its nearest template), ties by subject id.
 
 A gallery with a valid partial HNSW index (shared/gallery_index.py) is searched through it: each
-probe takes its max(ann_candidates, 3 x top_k) nearest templates from the index, their distances
+probe takes its max(ann_candidates, 3 x top_k) nearest templates from the index (hnsw.ef_search:
+at least ann_ef_search and that many; set with the index check in one round trip), their distances
 are the exact `<->` values, and they are reduced to one entry per subject. A probe that finds
 fewer than top_k subjects that way is scanned exactly. Galleries without an index are scanned
 exactly, every probe of the gallery in the same query. Both paths give the same answer whenever
@@ -17,7 +18,7 @@ import numpy as np
 from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
-from shared.gallery_index import ready_indexes
+from shared.gallery_index import Pair, index_name
 from shared.settings import Settings
 from worker.batch.model import Probe
 
@@ -67,6 +68,22 @@ def index_settings(connection: Connection, ef_search: int) -> None:
     )
 
 
+def prepare(connection: Connection, pairs: list[Pair], ef_search: int) -> set[Pair]:
+    """One round trip: index_settings() for this transaction, and the pairs among `pairs` whose
+    index is valid and ready (shared.gallery_index.ready_indexes)."""
+    by_name = {index_name(tenant, version): (tenant, version) for tenant, version in pairs}
+    row = connection.execute(
+        text(
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+            "set_config('hnsw.ef_search', :ef, true), "
+            "ARRAY(SELECT c.relname::text FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+            "WHERE c.relname = ANY(:names) AND i.indisvalid AND i.indisready)"
+        ),
+        {"ef": str(int(ef_search)), "names": list(by_name)},
+    ).one()
+    return {by_name[name] for name in row[2]}
+
+
 def exact_search(
     connection: Connection, tenant_id: uuid.UUID, version: str, probes: list[np.ndarray], k: int
 ) -> list[Candidates]:
@@ -113,15 +130,17 @@ def identify_many(session: Session, probes: list[Probe], settings: Settings) -> 
     if not groups:
         return results
     connection = session.connection()
-    indexed = ready_indexes(connection, groups)
+    taken = {
+        pair: max(settings.ann_candidates, 3 * max(probes[i].top_k for i in members))
+        for pair, members in groups.items()
+    }
+    indexed = prepare(connection, list(groups), max(settings.ann_ef_search, *taken.values()))
     for (tenant_id, version), members in groups.items():
         k = max(probes[i].top_k for i in members)
         vectors = [probes[i].descriptor for i in members]
         exact_members = members
         if (tenant_id, version) in indexed:
-            n = max(settings.ann_candidates, 3 * k)
-            index_settings(connection, max(settings.ann_ef_search, n))
-            found = index_search(connection, tenant_id, version, vectors, n)
+            found = index_search(connection, tenant_id, version, vectors, taken[(tenant_id, version)])
             exact_members = []
             for i, candidates in zip(members, found):
                 if len(candidates) >= probes[i].top_k:

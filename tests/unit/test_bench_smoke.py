@@ -86,3 +86,20 @@ def test_load_plot_writes_a_png(tmp_path):
     ]
     path = plot({"steps": steps}, tmp_path / "load.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gallery_distractors_are_never_drawn_around_a_probe_image():
+    from bench.gallery import distractor_seeds, split_real
+
+    rng = np.random.default_rng(1)
+    names = ["lfw_colour/Ann"] * 5 + ["lfw_view1/Bob"] * 2 + ["lfw_view1/Cy"]
+    real = {
+        "names": names,
+        "images": [f"/faces/{n}_{i:04d}.jpg" for i, n in enumerate(names)],
+        "vectors": rng.normal(0, 0.1, (len(names), 128)).astype(np.float32),
+    }
+    enrolled, probes = split_real(real)
+    seeds = distractor_seeds(enrolled)
+    assert len(probes) == 3 and len(seeds) == len(names) - 3
+    for _, vector, _ in probes:
+        assert not np.any(np.all(seeds == vector, axis=1))

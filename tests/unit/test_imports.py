@@ -43,3 +43,35 @@ def test_each_module_imports_alone():
     with ThreadPoolExecutor(max_workers=4) as pool:
         failures = [error for error in pool.map(import_alone, names) if error]
     assert failures == []
+
+
+def deferred_imports(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, name) of every `from <project module> import name` inside a function of path:
+    benchmarks import the stack lazily, so a renamed name only fails when the run gets there."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.split(".")[0] in (*PACKAGES, "bench", "cli"):
+                    found += [(node.lineno, node.module, alias.name) for alias in node.names]
+    return found
+
+
+def test_benchmarks_deferred_imports_resolve():
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for line, module, name in deferred_imports(path):
+            target = importlib.import_module(module)
+            if not hasattr(target, name):
+                try:
+                    importlib.import_module(f"{module}.{name}")
+                except ImportError:
+                    missing.append(f"{path.name}:{line}: from {module} import {name}")
+    assert missing == []

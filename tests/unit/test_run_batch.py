@@ -328,3 +328,18 @@ def test_an_enrollment_writes_the_active_version_and_every_candidate(blobs):
     assert runtime.pipeline.calls[0] == {"images": 2, "variants": sorted([ACTIVE, CANDIDATE])}  # one pass
     assert runtime.pipeline.calls[1]["variants"] == [ACTIVE]  # a probe uses the active version only
     assert uow.job(probe)["result"]["threshold"] == 0.6
+
+
+def test_the_batch_finished_line_carries_its_stage_seconds(blobs, caplog):
+    uow = FakeUnitOfWork()
+    runtime, _ = make_runtime(blobs)
+    tenant = uuid.uuid4()
+    run_batch([uow.queue(blobs, "enroll", [b"face:ann"], subject="ann", tenant=tenant)], runtime, uow)
+    probes = [uow.queue(blobs, "identify", [b"face:ann"], tenant=tenant, top_k=1) for _ in range(3)]
+    with caplog.at_level("INFO", logger="worker.batch.run"):
+        report = run_batch(probes, runtime, uow)
+    lines = [r for r in caplog.records if r.getMessage() == "batch finished"]
+    assert len(lines) == 1 and lines[0].batch_id == report.batch_id and lines[0].jobs == 3
+    stages = lines[0].stage_s
+    assert {"fetch", "compare", "search", "commit"} <= set(stages)
+    assert all(seconds >= 0 for seconds in stages.values()) and stages["search"] <= stages["compare"] + 0.001

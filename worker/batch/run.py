@@ -16,6 +16,7 @@ Writes are idempotent by job id: a job already final is never rewritten.
 """
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -121,6 +122,7 @@ def _run_unit(
     if not items:
         return True
     log.info("batch started", extra={"batch_id": report.batch_id, "size": report.received, "jobs": len(items)})
+    metrics.take_stage_totals()  # this unit's stages only
     try:
         if verdict is not None:
             for item in items:
@@ -134,6 +136,10 @@ def _run_unit(
         return False
     report.skipped += len(items) - len(finished)
     after_commit(finished, runtime, report)
+    log.info(
+        "batch finished",
+        extra={"batch_id": report.batch_id, "jobs": len(items), "stage_s": metrics.take_stage_totals()},
+    )
     return True
 
 
@@ -265,7 +271,10 @@ def nearest_all(repo: JobsRepository, items: list[WorkItem], max_top_k: int) -> 
             probes.append(Probe(item.tenant_id, item.versions[0], descriptor, top_k))
     found: dict[int, list[list[dict[str, Any]]]] = {}
     if probes:
-        for item, candidates in zip(asking, repo.nearest(probes), strict=True):
+        started = time.perf_counter()
+        answers = repo.nearest(probes)
+        metrics.add_stage_time("search", time.perf_counter() - started)
+        for item, candidates in zip(asking, answers, strict=True):
             found.setdefault(id(item), []).append(candidates)
     return found
 
