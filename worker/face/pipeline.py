@@ -47,6 +47,7 @@ ALIGNERS = ("auto", "numpy", "torch")
 DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
 CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
 DOUBTFUL_SHARE = 0.5  # under "largest", faces scored below this share of the best are passed over
+SAME_SIZE = 0.05  # under "largest", boxes within this share of the largest one's area are alike
 DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the working resolution
 # What one face keeps from alignment to the network, in pixels, at most: its chip and, for the
 # torch aligner, its source pixels at the chip's scale (a region under 260 px square; measured up
@@ -54,15 +55,35 @@ DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the w
 FACE_PIXELS = (2 * CHIP_SIZE) ** 2
 
 
-def largest(boxes: list[Box]) -> Box:
+def largest(boxes: list[Box], frame: tuple[int, int] | None = None) -> Box:
     """The largest box among the confident ones: those scored at least DOUBTFUL_SHARE of the best
     score (a face cut by an edge or half hidden scores low and is not the subject, however large
-    its box). Boxes without a score all count; ties keep the better-scored box."""
+    its box). Boxes within SAME_SIZE of the largest one's area are the same size to the detector
+    (its pyramid steps areas by about a third); among them the box nearest the centre of the
+    frame (width, height) is kept, the subject being the face the photo is framed on. Boxes
+    without a score all count; remaining ties keep the better-scored box."""
     scores = [b.score for b in boxes if b.score is not None]
     if scores and max(scores) > 0:
         floor = DOUBTFUL_SHARE * max(scores)
         boxes = [b for b in boxes if b.score is None or b.score >= floor]
-    return max(boxes, key=lambda b: b.area)
+    top = max(b.area for b in boxes)
+    alike = [b for b in boxes if b.area >= (1 - SAME_SIZE) * top]
+    if frame is None or len(alike) == 1:
+        return max(alike, key=lambda b: (b.area, b.score or 0.0))
+    return min(alike, key=lambda b: (_off_centre(b, frame), -b.area))
+
+
+def _frame(image: object) -> tuple[int, int] | None:
+    """The (width, height) of the pixels a working copy's boxes are in (None for anything else)."""
+    return (image.pixels.shape[1], image.pixels.shape[0]) if isinstance(image, Working) else None
+
+
+def _off_centre(box: Box, frame: tuple[int, int]) -> float:
+    """How far the box's centre lies from the frame's centre, in frame widths and heights."""
+    width, height = frame
+    dx = (box.left + box.right + 1) / 2 - width / 2
+    dy = (box.top + box.bottom + 1) / 2 - height / 2
+    return math.hypot(dx / width, dy / height)
 
 
 def smallest_face_px(width: int, height: int, detect_max_side: int = DETECT_MAX_SIDE) -> int:
@@ -231,7 +252,7 @@ class FacePipeline:
             raise FaceError(NO_FACE, "no face was found in the image")
         if len(boxes) > 1 and self.multiple_faces == "reject":
             raise FaceError(MULTIPLE_FACES, f"{len(boxes)} faces were found; the image must show one")
-        return largest(boxes)
+        return largest(boxes, _frame(image))
 
     def _decode(self, data: bytes) -> Working | Exception:
         try:
