@@ -44,7 +44,7 @@ def test_the_openapi_schema_carries_the_face_fields(api_client):
         schemas["Face"]["properties"]
     )
     assert "faces" in schemas["IdentifyResult"]["properties"] and "faces" in schemas["DetectResult"]["properties"]
-    assert "detect" in schemas["Job"]["properties"]["kind"]["enum"]
+    assert schemas["DetectJob"]["properties"]["result"]["anyOf"][0]["$ref"].endswith("/DetectResult")
     body = spec["paths"]["/v1/identifications"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"max_faces", "min_face_size", "min_detector_confidence", "quality_filter", "multiple_faces"} <= set(
         body["properties"]

@@ -329,7 +329,7 @@ def test_a_full_run_keeps_tenants_apart_and_its_logs_clean(
     assert mine.status_code == 200 and sum(t["count"] for t in mine.json()["templates"]) == 1
     # The list and batch routes: each tenant sees only its own rows.
     listed = {job["id"] for job in api_client.get("/v1/jobs", headers=auth(key_b)).json()["jobs"]}
-    assert listed == {verify_b, identify_b}
+    assert listed == {verify_b, identify_b, detect_b}
     polled = api_client.get("/v1/jobs", params={"ids": f"{enroll_a},{verify_a},{verify_b}"}, headers=auth(key_b))
     assert [job["id"] for job in polled.json()["jobs"]] == [verify_b]
     assert api_client.get("/v1/subjects", headers=auth(key_b)).json()["subjects"] == []

@@ -212,7 +212,7 @@ def test_photo_table_prints_every_size(capsys):
 def test_largest_passes_over_doubtful_faces():
     """Under "largest", a box scored under half the best score (a face cut by an edge) is passed
     over however large; boxes without a score are compared by size alone."""
-    from worker.face.pipeline import largest
+    from worker.face.subject import largest
     from worker.face.types import Box
 
     subject, cut = Box(60, 60, 170, 170, score=1.03), Box(150, 0, 280, 130, score=0.32)
@@ -221,6 +221,46 @@ def test_largest_passes_over_doubtful_faces():
     assert largest([Box(0, 0, 10, 10), Box(0, 0, 20, 20)]).right == 20
     same_size = [Box(0, 0, 10, 10, score=1.0), Box(5, 5, 15, 15, score=0.8)]
     assert largest(same_size) is same_size[0]
+
+
+def test_largest_keeps_the_face_nearest_the_centre_among_alike_sizes():
+    """Boxes within SAME_SIZE of the largest area are alike to the detector: the one nearest the
+    frame's centre is kept, whatever its score; a clearly larger box still wins, and a doubtful
+    one is still passed over. Without a frame the larger box is kept as before."""
+    from worker.face.subject import SAME_SIZE, largest
+    from worker.face.types import Box
+
+    frame = (1000, 750)
+    centred = Box(450, 320, 549, 419, score=1.03)  # 99 x 99, at the centre
+    edge = Box(0, 300, 100, 400, score=1.08)  # 100 x 100 (2% more area), better scored, at the edge
+    assert edge.area < (1 + SAME_SIZE) * centred.area
+    assert largest([edge, centred], frame) == centred
+    assert largest([centred, edge], frame) == centred
+    assert largest([edge, centred]) == edge
+    larger = Box(0, 300, 130, 430, score=1.0)  # 30% more area than the centred face
+    assert largest([larger, centred], frame) == larger
+    doubtful = Box(440, 310, 540, 410, score=0.4)  # alike and nearer the centre, but scored low
+    assert largest([edge, doubtful], frame) == edge
+    assert largest([Box(0, 0, 10, 10), Box(5, 5, 15, 15)], (20, 20)).left == 5
+
+
+def test_12mp_photo_keeps_the_centred_face_beside_an_alike_cut_one(parts, faces_dir):
+    """An LFW crop whose second face, cut by the crop's left edge, gets at 12 MP a box as large as
+    the subject's and a better score: the face nearer the photo's centre (the crop's subject, as
+    on the 250x250 crop) is kept. The photo is made here as bench.photos makes view1_12mp's."""
+    path = faces_dir / "lfw_view1" / "Alvaro_Uribe" / "Alvaro_Uribe_0007.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (LFW View 1 images)")
+    from bench.photos import seed_of
+
+    picture, crop = place(Image.open(path), (4032, 3024), 553, seed_of(path.name))  # as in view1_12mp
+    with variant(parts) as pipeline:
+        small, large = pipeline.process([path.read_bytes(), encode(picture, "JPEG", 92)])
+    assert small.ok and large.ok and small.box.left > 50  # the crop keeps its centred face
+    scale = (crop[2] - crop[0] + 1) / 250
+    mapped = (small.landmarks + 0.5) * scale - 0.5 + np.array(crop[:2])
+    assert np.abs(large.landmarks - mapped).max() <= 3 * scale
+    assert np.linalg.norm(large.descriptor - small.descriptor) < 0.1
 
 
 def test_12mp_photo_keeps_the_crops_face_beside_a_cut_one(parts, faces_dir):

@@ -85,7 +85,7 @@ def face_size(box: Box) -> int:
 
 def choose(boxes: list[Box], originals: list[Box], options: FaceOptions, policy: str, largest: Any) -> Choice:
     """boxes: detected (working copy), originals: the same in original pixels; largest: the rule
-    that picks the subject's face (worker.face.pipeline.largest). Raises FaceError when every face
+    that picks the subject's face (worker.face.subject.largest). Raises FaceError when every face
     is refused (with the first refusal's reason) or when policy "reject" meets several faces and
     max_faces is 1."""
     kept: list[tuple[Box, Box]] = []

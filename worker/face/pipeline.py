@@ -25,6 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ from worker.face.errors import NO_FACE, FaceError
 from worker.face.landmarks import Landmarker, landmarks_or_errors
 from worker.face.quality import Quality
 from worker.face.regions import CHIP_SIZE, original_box, scale_box, shrink_to_chip
+from worker.face.subject import frame_of, largest
 from worker.face.types import Box, FaceResult
 from worker.face.variants import embed_variant
 
@@ -48,23 +50,11 @@ DETECTORS = ("hog", "cnn", "cropped")
 ALIGNERS = ("auto", "numpy", "torch")
 DETECT_MAX_SIDE = 1000  # the largest side of the working copy the detector sees
 CHIP_DETAIL = 1.0  # source pixels across the chip's rectangle, in chip sizes, before a re-decode
-DOUBTFUL_SHARE = 0.5  # under "largest", faces scored below this share of the best are passed over
 DETECTOR_WINDOW_PX = 80  # the CNN detector's window: the smallest face at the working resolution
 # What one face keeps from alignment to the network, in pixels, at most: its chip and, for the
 # torch aligner, its source pixels at the chip's scale (a region under 260 px square; measured up
 # to 249), or else the working copy itself, counted already.
 FACE_PIXELS = (2 * CHIP_SIZE) ** 2
-
-
-def largest(boxes: list[Box]) -> Box:
-    """The largest box among the confident ones: those scored at least DOUBTFUL_SHARE of the best
-    score (a face cut by an edge or half hidden scores low and is not the subject, however large
-    its box). Boxes without a score all count; ties keep the better-scored box."""
-    scores = [b.score for b in boxes if b.score is not None]
-    if scores and max(scores) > 0:
-        floor = DOUBTFUL_SHARE * max(scores)
-        boxes = [b for b in boxes if b.score is None or b.score >= floor]
-    return max(boxes, key=lambda b: b.area)
 
 
 def smallest_face_px(width: int, height: int, detect_max_side: int = DETECT_MAX_SIDE) -> int:
@@ -243,7 +233,13 @@ class FacePipeline:
         if not boxes:
             raise FaceError(NO_FACE, "no face was found in the image")
         originals = [replace(original_box(b, image), score=b.score) for b in boxes]  # type: ignore[arg-type]
-        return choose(boxes, originals, options, options.multiple_faces or self.multiple_faces, largest)  # type: ignore[arg-type]
+        return choose(
+            boxes,
+            originals,
+            options,
+            options.multiple_faces or self.multiple_faces,
+            partial(largest, frame=frame_of(image)),
+        )  # type: ignore[arg-type]
 
     def _decode(self, data: bytes) -> Working | Exception:
         try:
