@@ -78,7 +78,11 @@ def test_up_status_keys_down(stack_env):
         assert stack["redis_url"].startswith("redis://127.0.0.1:")
         depth = urllib.request.urlopen(stack["depth_url"], timeout=10).read().decode()
         assert 'biofleet_queue_depth{queue="verify"} 0.0' in depth
-        assert "biofleet_api_submits" in urllib.request.urlopen(stack["api_metrics_url"], timeout=10).read().decode()
+        # One API process per core: a family is served once a process has counted in it.
+        listed = urllib.request.Request(f"{stack['api_url']}/v1/jobs", headers={"Authorization": f"Bearer {key}"})
+        assert urllib.request.urlopen(listed, timeout=10).status == 200
+        metrics = urllib.request.urlopen(stack["api_metrics_url"], timeout=10).read().decode()
+        assert 'biofleet_api_requests_total{code="200"}' in metrics
 
         status = json.loads(biofleet(stack_env, "status", "--json").stdout)
         assert all(entry["alive"] for entry in status["processes"].values()), status

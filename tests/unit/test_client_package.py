@@ -200,8 +200,8 @@ def test_the_client_ignores_new_fields_and_keeps_jobs_of_unknown_kinds():
     data = json.loads(json.dumps(job_json(worker_jobs()[2])))
     job = parse_job({**data, "priority": 3, "result": {**data["result"], "quality": 0.9}})
     assert isinstance(job, VerifyJob) and job.result is not None and job.result.match
-    other = parse_job({**data, "kind": "detect", "result": {"faces": []}})
-    assert isinstance(other, OtherJob) and other.result == {"faces": []}
+    other = parse_job({**data, "kind": "transcribe", "result": {"words": []}})
+    assert isinstance(other, OtherJob) and other.result == {"words": []}
 
 
 # --- webhooks --------------------------------------------------------------------------------
