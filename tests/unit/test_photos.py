@@ -244,6 +244,25 @@ def test_largest_keeps_the_face_nearest_the_centre_among_alike_sizes():
     assert largest([Box(0, 0, 10, 10), Box(5, 5, 15, 15)], (20, 20)).left == 5
 
 
+def test_largest_passes_over_a_less_sure_face_among_alike_sizes():
+    """Among boxes alike in size, one scored under SURE_SHARE of the best (a face cut by an edge,
+    turned away or half hidden) is passed over even when it lies nearer the frame's centre; alike
+    boxes scored within that share still go to the one nearest the centre."""
+    from worker.face.subject import DOUBTFUL_SHARE, SURE_SHARE, largest
+    from worker.face.types import Box
+
+    frame = (1000, 750)
+    subject = Box(600, 400, 763, 563, score=1.07)  # off the centre, clearly scored
+    cut = Box(420, 300, 584, 464, score=0.87)  # as large, nearer the centre, scored lower
+    assert DOUBTFUL_SHARE * subject.score < cut.score < SURE_SHARE * subject.score
+    assert largest([cut, subject], frame) == subject
+    assert largest([subject, cut], frame) == subject
+    sure = Box(420, 300, 584, 464, score=0.99)  # within the share: the centre decides
+    assert largest([subject, sure], frame) == sure
+    unscored = [Box(600, 400, 763, 563), Box(420, 300, 584, 464)]
+    assert largest(unscored, frame) == unscored[1]
+
+
 def test_12mp_photo_keeps_the_centred_face_beside_an_alike_cut_one(parts, faces_dir):
     """An LFW crop whose second face, cut by the crop's left edge, gets at 12 MP a box as large as
     the subject's and a better score: the face nearer the photo's centre (the crop's subject, as
@@ -276,6 +295,26 @@ def test_12mp_photo_keeps_the_crops_face_beside_a_cut_one(parts, faces_dir):
     with variant(parts) as pipeline:
         small, large = pipeline.process([path.read_bytes(), encode(picture, "JPEG", 90)])
     assert small.ok and large.ok
+    scale = (crop[2] - crop[0] + 1) / 250
+    mapped = (small.landmarks + 0.5) * scale - 0.5 + np.array(crop[:2])
+    assert np.abs(large.landmarks - mapped).max() <= 3 * scale
+    assert np.linalg.norm(large.descriptor - small.descriptor) < 0.1
+
+
+def test_12mp_photo_passes_over_an_alike_cut_face_scored_lower(parts, faces_dir):
+    """An LFW crop with a second face cut by its corner: at 250x250 that face scores under half
+    the subject's, at 12 MP its box is as large as the subject's and nearer the photo's centre,
+    but still scored clearly lower. The subject is kept, as on the 250x250 crop; the photo is
+    made here as bench.photos makes view1_12mp's (stored turned, EXIF orientation 8)."""
+    path = faces_dir / "lfw_view1" / "Diane_Green" / "Diane_Green_0002.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (LFW View 1 images)")
+    from bench.photos import seed_of
+
+    picture, crop = place(Image.open(path), (4032, 3024), 652, seed_of(path.name))  # as in view1_12mp
+    with variant(parts) as pipeline:
+        small, large = pipeline.process([path.read_bytes(), encode(picture, "JPEG", 89, 8)])
+    assert small.ok and large.ok and large.faces_detected == 2
     scale = (crop[2] - crop[0] + 1) / 250
     mapped = (small.landmarks + 0.5) * scale - 0.5 + np.array(crop[:2])
     assert np.abs(large.landmarks - mapped).max() <= 3 * scale
