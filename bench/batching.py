@@ -39,7 +39,7 @@ def stage_seconds(port: int) -> dict[str, float]:
 
 def measure(stack: BenchStack, bodies: list[dict], concurrency: int, timeout: float) -> dict:
     """Submit bodies as verifications, wait for them; throughput, latency and correctness."""
-    sent = submit_all(stack.api_url, stack.key, "/v1/verifications", bodies, concurrency)
+    sent = submit_all(stack.api_url, stack.key, "verify", bodies, concurrency)
     submitted_s = max(s.answered for s in sent) - min(s.sent for s in sent)
     accepted = [s for s in sent if s.job_id]
     jobs = wait_jobs(stack, [s.job_id for s in accepted], timeout)

@@ -16,16 +16,17 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.harness import ENROLL_SAMPLES, BenchStack, _b64, load_faces, submit_all, wait_jobs
+from bench.harness import ENROLL_SAMPLES, BenchStack, load_faces, submit_all, wait_jobs
 from bench.stats import RESULTS_DIR, write_results
 
 RESULTS = RESULTS_DIR / "coldstart.json"
 FIRST_BATCH_TIMEOUT_S = 300.0
 
 
-def first_batch_s(stack: BenchStack, body: dict, subject: str, cache_dir: Path) -> float:
+def first_batch_s(stack: BenchStack, images: list[bytes], subject: str, cache_dir: Path) -> float:
     """Queue one enrollment, start a worker with cache_dir, return seconds until the job is final."""
-    sent = submit_all(stack.api_url, stack.key, f"/v1/subjects/{subject}/enrollments", [body], 1)[0]
+    body = {"subject_id": subject, "images": images}
+    sent = submit_all(stack.api_url, stack.key, "enroll", [body], 1)[0]
     if sent.job_id is None:
         raise SystemExit(f"enrollment refused with HTTP {sent.status}")
     started = time.time()
@@ -48,14 +49,13 @@ def run(repeats: int, faces_dir: Path) -> dict:
     say = Console(stderr=True).log
     faces = load_faces(faces_dir)
     name, images = next(iter(faces.items()))
-    body = {"images": [_b64(i) for i in images[:ENROLL_SAMPLES]]}
     tries: dict[str, list[float]] = {"not_cached": [], "cached": []}
     with BenchStack() as stack:
         stack.start_api()
         for attempt in range(repeats):
             cache_dir = stack.root / f"model-cache-{attempt}"
             for label in ("not_cached", "cached"):
-                seconds = first_batch_s(stack, body, f"{name}-{attempt}-{label}", cache_dir)
+                seconds = first_batch_s(stack, images[:ENROLL_SAMPLES], f"{name}-{attempt}-{label}", cache_dir)
                 tries[label].append(seconds)
                 say(f"try {attempt + 1}, weights {label.replace('_', ' ')}: first batch done after {seconds:.1f} s")
     return {

@@ -13,7 +13,6 @@ same sizes. Prints a table and writes JSON.
 """
 
 import argparse
-import base64
 import io
 import os
 import sys
@@ -108,8 +107,8 @@ def run(row_counts: list[int], scrapes: int) -> dict:
         for process in pool:
             process.suspend()
         client = redis.Redis.from_url(stack.redis_url)
-        body = {"image": base64.b64encode(blank_png()).decode()}
-        sent = submit_all(stack.api_url, stack.key, "/v1/identifications", [body] * JOBS)
+        body = {"image": blank_png()}
+        sent = submit_all(stack.api_url, stack.key, "identify", [body] * JOBS)
         assert all(s.status == 202 for s in sent), "a submission was refused"
         wait_until(lambda: sum(queue_depths(client).values()) == JOBS, "200 jobs in the depth")
         wait_until(lambda: reserved_counts(client)["identify"] > 0, "the worker to reserve jobs")

@@ -22,7 +22,6 @@ JSON to bench/results/gallery.json (rewritten after every size), PNG bench/resul
 """
 
 import argparse
-import base64
 import statistics
 import struct
 import time
@@ -452,10 +451,10 @@ def stack_figures(stack, images: list[str], rounds: int) -> dict:
     the rest (queueing, polling granularity, the stages not listed)."""
     from bench.harness import submit_all, wait_jobs
 
-    bodies = [{"image": base64.b64encode(Path(p).read_bytes()).decode(), "top_k": TOP_K} for p in images[:BATCH]]
+    bodies = [{"image": Path(p).read_bytes(), "top_k": TOP_K} for p in images[:BATCH]]
     walls, splits = [], []
     for round_ in range(rounds + 1):
-        sent = submit_all(stack.api_url, stack.key, "/v1/identifications", bodies, concurrency=BATCH)
+        sent = submit_all(stack.api_url, stack.key, "identify", bodies, concurrency=BATCH)
         jobs = wait_jobs(stack, [s.job_id for s in sent], timeout=300)
         ok = [j for j in jobs.values() if j.status == "succeeded" and j.finished]
         if len(ok) != len(bodies):

@@ -6,9 +6,15 @@ Popen once it answers a ping (settings become BIOFLEET_* variables); stop_worker
 Use it as a context manager: every process it started is stopped and the folder removed.
 
 Jobs: load_faces(faces_dir) -> {identity: [jpeg bytes]}; enroll_all(stack, faces) enrolls every
-identity with 3 images and waits; verify_bodies(faces, count) -> JSON bodies;
-submit_all(api_url, key, path, bodies, concurrency) -> [Sent]; wait_jobs(stack, ids, timeout)
--> {job id: JobTimes}; purge_queues(stack) empties the job queues.
+identity with 3 images and waits; verify_bodies(faces, count) -> create_verification arguments
+(images as bytes); wire_body(body) -> the same body as the API's JSON; submit_all(api_url, key,
+kind, bodies, concurrency) -> [Sent], sent with biofleet_client.AsyncClient (submit(client, kind,
+body) for one); wait_jobs(stack, ids, timeout) -> {job id: JobTimes}; purge_queues(stack) empties
+the job queues.
+
+bench/enqueue.py keeps its own raw keep-alive HTTP generator on purpose: the enqueue rate needs a
+generator that costs far less CPU than the API it measures, so it posts pre-encoded JSON bytes
+without the client's request models.
 """
 
 import asyncio
@@ -21,12 +27,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
+
+from biofleet_client import AsyncClient, BiofleetError
 from shared import stack as services
 from shared.queues import JOB_QUEUES
 
 ENROLL_SAMPLES = 3
 TENANT = "bench"
+ACCEPTED = 202  # the status of a submit the client returns a job for
 API_READY_TIMEOUT_S = 60.0
 WORKER_READY_TIMEOUT_S = 300.0
 
@@ -183,62 +194,88 @@ def load_faces(faces_dir: Path) -> dict[str, list[bytes]]:
     return faces
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+KIND_CALLS = {
+    "enroll": "create_enrollment",
+    "verify": "create_verification",
+    "identify": "create_identification",
+    "detect": "create_detection",
+}
+"""Job kind -> the biofleet_client.AsyncClient method that submits it."""
 
 
-def verify_bodies(faces: dict[str, list[bytes]], count: int) -> list[dict]:
-    """count verification bodies: each identity's images past the enrolled ones, claimed in turn
-    as that identity (even indexes: a genuine claim) and as the next one (odd: an impostor claim)."""
+def wire_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A submit body as the API's JSON takes it: image bytes as base64 text."""
+    out = dict(body)
+    if isinstance(out.get("image"), bytes):
+        out["image"] = base64.b64encode(out["image"]).decode()
+    if out.get("images") is not None:
+        out["images"] = [base64.b64encode(i).decode() if isinstance(i, bytes) else i for i in out["images"]]
+    return out
+
+
+def verify_bodies(faces: dict[str, list[bytes]], count: int) -> list[dict[str, Any]]:
+    """count verification bodies (create_verification arguments, the image as bytes): each
+    identity's images past the enrolled ones, claimed in turn as that identity (even indexes: a
+    genuine claim) and as the next one (odd: an impostor claim)."""
     names = sorted(faces)
     probes = [(name, image) for name in names for image in faces[name][ENROLL_SAMPLES:]]
     bodies = []
     for i in range(count):
         name, image = probes[i % len(probes)]
         claimed = name if i % 2 == 0 else names[(names.index(name) + 1) % len(names)]
-        bodies.append({"subject_id": claimed, "image": _b64(image)})
+        bodies.append({"subject_id": claimed, "image": image})
     return bodies
 
 
-async def _post(client, path: str, body: dict) -> Sent:
-    sent = time.time()
+async def submit(client: AsyncClient, kind: str, body: dict[str, Any]) -> Sent:
+    """One submit of kind through the client; a refused request counts with its HTTP status, a
+    transport error (refused connection, timeout) with 0."""
+    call = getattr(client, KIND_CALLS[kind])
+    sent = time.time()  # before the body is built and encoded, as when it was posted as JSON
     try:
-        response = await client.post(path, json=body)
-        status = response.status_code
-        job_id = response.json().get("id") if status == 202 else None
-    except Exception:  # a refused or timed-out request counts, with status 0
+        job = await call(**body)
+        status, job_id = ACCEPTED, job.id
+    except BiofleetError as exc:
+        status, job_id = exc.status or 0, None
+    except httpx.HTTPError:
         status, job_id = 0, None
     return Sent(job_id, status, sent, time.time())
 
 
-def http_client(api_url: str, key: str, connections: int):
-    import httpx
-
+def api_client(api_url: str, key: str, connections: int) -> AsyncClient:
+    """An AsyncClient on api_url with room for `connections` requests in flight, all kept alive."""
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {key}"}, timeout=60, limits=limits)
+    http = httpx.AsyncClient(base_url=api_url, timeout=60, limits=limits)
+    return AsyncClient(api_url, api_key=key, http=http)
 
 
-async def _submit_all(api_url: str, key: str, path: str, bodies: list[dict], concurrency: int) -> list[Sent]:
+async def _submit_all(api_url: str, key: str, kind: str, bodies: list[dict[str, Any]], concurrency: int) -> list[Sent]:
     results: list[Sent | None] = [None] * len(bodies)
     queue = list(enumerate(bodies))[::-1]
-    async with http_client(api_url, key, concurrency) as client:
+    client = api_client(api_url, key, concurrency)
+    async with client.http:
 
-        async def lane():
+        async def lane() -> None:
             while queue:
                 index, body = queue.pop()
-                results[index] = await _post(client, path, body)
+                results[index] = await submit(client, kind, body)
 
         await asyncio.gather(*(lane() for _ in range(concurrency)))
-    return results
+    done = [s for s in results if s is not None]
+    assert len(done) == len(bodies), "a body was not sent"
+    return done
 
 
-def submit_all(api_url: str, key: str, path: str, bodies: list[dict], concurrency: int = 16) -> list[Sent]:
-    """POST every body to path as fast as the API answers, `concurrency` requests in flight (closed loop)."""
-    return asyncio.run(_submit_all(api_url, key, path, bodies, concurrency))
+def submit_all(api_url: str, key: str, kind: str, bodies: list[dict[str, Any]], concurrency: int = 16) -> list[Sent]:
+    """Submit every body as a job of kind (the arguments of its client method, see KIND_CALLS) as
+    fast as the API answers, `concurrency` requests in flight (closed loop); one Sent per body."""
+    return asyncio.run(_submit_all(api_url, key, kind, bodies, concurrency))
 
 
 def wait_jobs(stack: BenchStack, job_ids: list[str], timeout: float, poll_s: float = 0.25) -> dict[str, JobTimes]:
     """Poll Postgres until every job is final or timeout seconds pass; the jobs' times."""
+    # Postgres, not client.list_jobs(ids=...): the API under measurement gets no polling load
+    # while jobs drain, and the rows give the worker's batch_id and the exact timestamps at once.
     import uuid
 
     from sqlalchemy import select
@@ -272,10 +309,8 @@ def wait_jobs(stack: BenchStack, job_ids: list[str], timeout: float, poll_s: flo
 
 def enroll_all(stack: BenchStack, faces: dict[str, list[bytes]], timeout: float = 300) -> int:
     """Enroll every identity with its first 3 images (a worker must run); the count that succeeded."""
-    bodies = [{"images": [_b64(i) for i in images[:ENROLL_SAMPLES]]} for images in faces.values()]
-    sent = []
-    for name, body in zip(faces, bodies):
-        sent += submit_all(stack.api_url, stack.key, f"/v1/subjects/{name}/enrollments", [body], 1)
+    bodies = [{"subject_id": name, "images": images[:ENROLL_SAMPLES]} for name, images in faces.items()]
+    sent = submit_all(stack.api_url, stack.key, "enroll", bodies, 1)
     refused = [s for s in sent if s.job_id is None]
     if refused:
         raise SystemExit(f"enrollment refused with HTTP {refused[0].status}")

@@ -10,8 +10,8 @@ temporary folder. Three measurements:
   `--concurrency` requests in flight each, and the same jobs again as POST /v1/batches of
   `--batch-size` verifications: the API's enqueue rates (jobs/s), latency and CPU (bench/enqueue.py);
 - load: at each fixed arrival rate, verifications are sent on schedule for `--duration` seconds
-  whether or not earlier ones were answered (open loop; httpx.AsyncClient), then the generator
-  waits up to `--drain` seconds for the jobs: API submit latency p50/p99, completion latency
+  whether or not earlier ones were answered (open loop; biofleet_client.AsyncClient), then the
+  generator waits up to `--drain` seconds for the jobs: API submit latency p50/p99, completion latency
   (request sent -> finished_at in Postgres) p50/p95/p99, and the highest rate at which completion
   p95 stays under 1 s. Rates past the knee (p95 over `--stop-above` s) are not tried;
 - memory: peak RSS of the worker (its process tree) and of the API while under load.
@@ -29,12 +29,13 @@ from pathlib import Path
 from bench.harness import (
     BenchStack,
     Sent,
-    _post,
+    api_client,
     enroll_all,
-    http_client,
     load_faces,
+    submit,
     verify_bodies,
     wait_jobs,
+    wire_body,
 )
 from bench.stats import RESULTS_DIR, max_rate_under, percentile, write_results
 
@@ -93,14 +94,15 @@ class PeakRss:
 
 async def _open_loop(api_url: str, key: str, bodies: list[dict], rate: float) -> list[Sent]:
     """Send bodies[i] at start + i / rate, each in its own task; gather the answers."""
-    async with http_client(api_url, key, connections=512) as client:
+    client = api_client(api_url, key, connections=512)
+    async with client.http:
         start = time.perf_counter()
         tasks = []
         for index, body in enumerate(bodies):
             delay = start + index / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_post(client, "/v1/verifications", body)))
+            tasks.append(asyncio.create_task(submit(client, "verify", body)))
         return list(await asyncio.gather(*tasks))
 
 
@@ -135,9 +137,10 @@ def measure_enqueue(stack: BenchStack, bodies: list[dict], args) -> dict:
     """Both enqueue rates with no worker consuming: single submits, then batches."""
     from bench.enqueue import batch_bodies, measure
 
-    singles = [json.dumps(body).encode() for body in bodies]
+    wire = [wire_body(body) for body in bodies]
+    singles = [json.dumps(body).encode() for body in wire]
     single = measure(stack, singles, "/v1/verifications", args.clients, args.concurrency)
-    batches = batch_bodies(bodies, args.batch_size)
+    batches = batch_bodies(wire, args.batch_size)
     batch = measure(stack, batches, "/v1/batches", args.clients, args.batch_concurrency)
     batch["batch_size"] = args.batch_size
     return {

@@ -63,7 +63,7 @@ def alone(stack: BenchStack, bodies: list[dict], timeout: float) -> dict:
     latencies, client = [], []
     for body in bodies:
         started = time.time()
-        sent = submit_all(stack.api_url, stack.key, "/v1/verifications", [body], 1)
+        sent = submit_all(stack.api_url, stack.key, "verify", [body], 1)
         if not sent[0].job_id:
             raise SystemExit(f"verification refused with HTTP {sent[0].status}")
         job = wait_jobs(stack, [sent[0].job_id], timeout, poll_s=0.02)[sent[0].job_id]
@@ -87,10 +87,10 @@ def batch_phase(stack: BenchStack, warm: list[dict], bodies: list[dict], timeout
     port = free_port()
     worker = stack.start_worker(batch_size=BATCH, flush_interval_ms=HOLD_MS, worker_metrics_port=port)
     with PeakRss({"worker": worker.pid}) as memory:
-        sent = submit_all(stack.api_url, stack.key, "/v1/verifications", warm, 8)
+        sent = submit_all(stack.api_url, stack.key, "verify", warm, 8)
         wait_jobs(stack, [s.job_id for s in sent if s.job_id], timeout)
         before = stage_seconds(port)
-        sent = submit_all(stack.api_url, stack.key, "/v1/verifications", bodies, 8)
+        sent = submit_all(stack.api_url, stack.key, "verify", bodies, 8)
         jobs = wait_jobs(stack, [s.job_id for s in sent if s.job_id], timeout)
         after = stage_seconds(port)
     stack.stop_worker(worker)
