@@ -42,6 +42,7 @@ class SubmitContext:
     database_url: str
     settings: Settings
     metrics: Any
+    group: Any  # shared.group_submit.GroupSubmitter
 
 
 async def submit_context(
@@ -51,7 +52,8 @@ async def submit_context(
     database_url: Annotated[str, Depends(get_database_url)],
 ) -> SubmitContext:
     backends = backends_of(request)
-    return SubmitContext(blobs, publisher, database_url, backends.settings, request.app.state.metrics)
+    group = backends.submitter(blobs, publisher, database_url)
+    return SubmitContext(blobs, publisher, database_url, backends.settings, request.app.state.metrics, group)
 
 
 Context = Annotated[SubmitContext, Depends(submit_context)]
@@ -153,7 +155,12 @@ async def read_submission(request: Request, model: type[BaseModel], image_field:
 async def accept(
     context: SubmitContext, tenant_id: uuid.UUID, job_request: JobRequest, idempotency_key: str | None
 ) -> OrjsonResponse:
-    """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay)."""
+    """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay).
+    Without an Idempotency-Key the job is written with the others arriving meanwhile."""
+    if idempotency_key is None:
+        body = await context.group.submit(tenant_id, job_request)
+        context.metrics.submitted(job_request.kind)
+        return OrjsonResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['id']}"})
     submitted = await run_in_threadpool(
         submit_job,
         tenant_id,
