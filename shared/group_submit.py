@@ -85,6 +85,10 @@ class GroupSubmitter:
         self._wake.set()
         return pending.future
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish the groups waiting, then stop the thread."""
         with self._lock:
@@ -97,7 +101,7 @@ class GroupSubmitter:
             self._wake.wait()
             with self._lock:
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-                if not self._waiting:
+                if not self._waiting and not self._closed:
                     self._wake.clear()
                 closing = self._closed and not group
             if closing:
