@@ -116,7 +116,7 @@ def _earlier(database_url: str, tenant_id: uuid.UUID, key: str) -> SubmitBatch |
         time.sleep(REPLAY_POLL_S)
 
 
-def _replay(earlier: SubmitBatch, digest: str) -> BatchSubmitted:
+def _replay(earlier: SubmitBatch, digest: str | None) -> BatchSubmitted:
     if earlier.request_hash != digest:
         raise IdempotencyConflict()
     if not earlier.published:
@@ -132,7 +132,7 @@ def submit_batch(
     database_url: str,
     settings: Settings,
     idempotency_key: str | None,
-    digest: str,
+    digest: str | None,
 ) -> BatchSubmitted:
     """See the module docstring."""
     if idempotency_key is not None:
@@ -210,7 +210,7 @@ def _insert(
     keys: dict[uuid.UUID, list[str]],
     answer: dict[str, Any],
     idempotency_key: str | None,
-    digest: str,
+    digest: str | None,
 ) -> list[Job] | None:
     """The batch row and its job rows in one transaction; None when the key was taken meanwhile."""
     with session_scope(database_url) as session:
