@@ -67,7 +67,7 @@ class Backends:
         key = (id(blobs), id(publisher), database_url)
         with self._lock:
             if key not in self._submitters:
-                self._submitters[key] = GroupSubmitter(blobs, publisher, database_url, self.settings)
+                self._submitters[key] = GroupSubmitter(blobs, publisher, database_url)
             return self._submitters[key]
 
     def close(self) -> None:

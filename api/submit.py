@@ -161,7 +161,7 @@ async def accept(
     """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay).
     Without an Idempotency-Key the job is written with the others arriving meanwhile."""
     if idempotency_key is None:
-        body = await context.group.submit(tenant_id, job_request)
+        body = await context.group.submit(tenant_id, job_request, context.settings)
         context.metrics.submitted(job_request.kind)
         return OrjsonResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['id']}"})
     submitted = await run_in_threadpool(

@@ -1,6 +1,6 @@
 """Single submits written in groups: one INSERT and one Redis pipeline for the jobs that arrived together.
 
-GroupSubmitter(blobs, celery, database_url, settings).submit(tenant_id, request) -> awaitable of the
+GroupSubmitter(blobs, celery, database_url).submit(tenant_id, request, settings) -> awaitable of the
 job's JSON, or raises what submit_job would (SubmitError, a database error). One thread per
 submitter takes every request waiting when it is free: under load the requests that arrived
 while it wrote the last group form the next one (group commit); an idle API writes each job
@@ -48,6 +48,7 @@ MAX_GROUP = 200  # jobs per group
 class _Pending:
     tenant_id: uuid.UUID
     request: JobRequest
+    settings: Settings
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     row: dict[str, Any] | None = None
@@ -66,8 +67,8 @@ class _Pending:
 
 
 class GroupSubmitter:
-    def __init__(self, blobs: Any, celery: Any, database_url: str, settings: Settings):
-        self.blobs, self.celery, self.database_url, self.settings = blobs, celery, database_url, settings
+    def __init__(self, blobs: Any, celery: Any, database_url: str):
+        self.blobs, self.celery, self.database_url = blobs, celery, database_url
         self._waiting: list[_Pending] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -75,9 +76,9 @@ class GroupSubmitter:
         self._thread = threading.Thread(target=self._run, name="group-submit", daemon=True)
         self._thread.start()
 
-    def submit(self, tenant_id: uuid.UUID, request: JobRequest) -> asyncio.Future:
+    def submit(self, tenant_id: uuid.UUID, request: JobRequest, settings: Settings) -> asyncio.Future:
         loop = asyncio.get_running_loop()
-        pending = _Pending(tenant_id, request, loop.create_future(), loop)
+        pending = _Pending(tenant_id, request, settings, loop.create_future(), loop)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the submitter is closed")
@@ -164,7 +165,7 @@ class GroupSubmitter:
         kept = []
         for pending in group:
             try:
-                validate(pending.request, self.settings)
+                validate(pending.request, pending.settings)
                 if has_references(pending.request):
                     if pending.tenant_id not in prefixes:
                         with session_scope(self.database_url) as session:

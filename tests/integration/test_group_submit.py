@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from shared.jobs import JobRequest, SubmitError
+from shared.settings import get_settings
 
 JOBS = 40
 
@@ -26,9 +27,8 @@ def submitter(services, make_key):
     from shared.blob import open_blob_store
     from shared.celery_app import get_celery
     from shared.group_submit import GroupSubmitter
-    from shared.settings import get_settings
 
-    group = GroupSubmitter(open_blob_store(services.blob_url), get_celery(), services.database_url, get_settings())
+    group = GroupSubmitter(open_blob_store(services.blob_url), get_celery(), services.database_url)
     yield group
     group.close()
 
@@ -62,7 +62,8 @@ def test_concurrent_submits_are_written_together(services, redis_client, submitt
 
     async def submit_all():
         futures = [
-            submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(i),), top_k=3)) for i in range(JOBS)
+            submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(i),), top_k=3), get_settings())
+            for i in range(JOBS)
         ]
         return await asyncio.gather(*futures)
 
@@ -82,8 +83,13 @@ def test_concurrent_submits_are_written_together(services, redis_client, submitt
 
 def test_a_bad_request_fails_alone(services, redis_client, submitter, tenant_id):
     async def submit_mixed():
-        good = [submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(i),), top_k=2)) for i in range(3)]
-        bad = submitter.submit(tenant_id, JobRequest(kind="verify", images=(png(9),), subject_id="no spaces allowed"))
+        good = [
+            submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(i),), top_k=2), get_settings())
+            for i in range(3)
+        ]
+        bad = submitter.submit(
+            tenant_id, JobRequest(kind="verify", images=(png(9),), subject_id="no spaces allowed"), get_settings()
+        )
         return await asyncio.gather(*good, bad, return_exceptions=True)
 
     *good, bad = asyncio.run(submit_mixed())
@@ -96,7 +102,8 @@ def test_a_bad_request_fails_alone(services, redis_client, submitter, tenant_id)
 def test_close_answers_what_is_waiting(services, redis_client, submitter, tenant_id):
     async def submit_then_close():
         futures = [
-            submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(i),), top_k=1)) for i in range(5)
+            submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(i),), top_k=1), get_settings())
+            for i in range(5)
         ]
         await asyncio.get_running_loop().run_in_executor(None, submitter.close)
         return await asyncio.gather(*futures)
@@ -111,4 +118,4 @@ def test_close_answers_what_is_waiting(services, redis_client, submitter, tenant
 
 
 async def _submit_one(submitter, tenant_id):
-    return await submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(1),), top_k=1))
+    return await submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(1),), top_k=1), get_settings())
