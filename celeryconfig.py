@@ -67,6 +67,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # On SIGTERM, give running batches time to finish before unacked messages are restored.
         "worker_soft_shutdown_timeout": 10.0,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "worker_hijack_root_logger": False,  # worker.signals configures structured logs
     }

@@ -1,10 +1,12 @@
 """What routes depend on, made once per app and opened on first use.
 
-Backends(settings): urls, blobs, celery, redis (each opened lazily; keys, the API key cache, so the app starts without them).
+Backends(settings): urls, blobs, celery, redis (each opened lazily; keys, the API key cache, so the app starts without them);
+submitter(blobs, publisher, database_url): the GroupSubmitter of single submits.
 backends_of(request) -> Backends; get_backends, get_blobs, get_publisher (the Celery app that sends jobs),
 get_database_url: FastAPI dependencies, replaceable through app.dependency_overrides.
 """
 
+import threading
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +23,8 @@ class Backends:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.keys = KeyCache(settings.key_cache_s)
+        self._submitters: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
 
     @cached_property
     def urls(self) -> ServiceUrls:
@@ -55,7 +59,22 @@ class Backends:
         get_engine(url, pool_size=self.settings.api_db_pool)
         return url
 
+    def submitter(self, blobs: Any, publisher: Any, database_url: str) -> Any:
+        """The GroupSubmitter writing single submits to these backends (one per combination: tests
+        replace the publisher)."""
+        from shared.group_submit import GroupSubmitter
+
+        key = (id(blobs), id(publisher), database_url)
+        with self._lock:
+            if key not in self._submitters:
+                self._submitters[key] = GroupSubmitter(blobs, publisher, database_url)
+            return self._submitters[key]
+
     def close(self) -> None:
+        with self._lock:
+            submitters, self._submitters = list(self._submitters.values()), {}
+        for submitter in submitters:
+            submitter.close()
         if "redis" in self.__dict__:
             self.redis.close()
 

@@ -9,7 +9,6 @@ accept(context, tenant_id, job_request, idempotency_key) -> 202 OrjsonResponse w
 request_body_json(model) -> openapi_extra for a route that takes model as JSON only.
 """
 
-import base64
 import binascii
 import json
 import uuid
@@ -42,6 +41,7 @@ class SubmitContext:
     database_url: str
     settings: Settings
     metrics: Any
+    group: Any  # shared.group_submit.GroupSubmitter
 
 
 async def submit_context(
@@ -51,7 +51,8 @@ async def submit_context(
     database_url: Annotated[str, Depends(get_database_url)],
 ) -> SubmitContext:
     backends = backends_of(request)
-    return SubmitContext(blobs, publisher, database_url, backends.settings, request.app.state.metrics)
+    group = backends.submitter(blobs, publisher, database_url)
+    return SubmitContext(blobs, publisher, database_url, backends.settings, request.app.state.metrics, group)
 
 
 Context = Annotated[SubmitContext, Depends(submit_context)]
@@ -68,7 +69,11 @@ def decode_base64(text: str, index: int) -> bytes:
     if text.startswith("data:") and "," in text:
         text = text.split(",", 1)[1]
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:  # line breaks or spaces: the slow way
+        return binascii.a2b_base64("".join(text.split()), strict_mode=True)
     except (binascii.Error, ValueError):
         raise ApiError(422, "bad_base64", f"image {index} is not valid base64") from None
 
@@ -153,7 +158,12 @@ async def read_submission(request: Request, model: type[BaseModel], image_field:
 async def accept(
     context: SubmitContext, tenant_id: uuid.UUID, job_request: JobRequest, idempotency_key: str | None
 ) -> OrjsonResponse:
-    """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay)."""
+    """Submit the job; 202 with the job JSON and Location (the earlier job on an idempotent replay).
+    Without an Idempotency-Key the job is written with the others arriving meanwhile."""
+    if idempotency_key is None:
+        body = await context.group.submit(tenant_id, job_request, context.settings)
+        context.metrics.submitted(job_request.kind)
+        return OrjsonResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['id']}"})
     submitted = await run_in_threadpool(
         submit_job,
         tenant_id,

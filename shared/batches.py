@@ -16,8 +16,8 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -28,6 +28,7 @@ from shared.blob import BlobStore
 from shared.db.models import JOB_STATUSES, Job, SubmitBatch
 from shared.db.session import session_scope
 from shared.image_refs import ImageRef, tenant_prefixes
+from shared.job_rows import as_job, delete_all, insert_rows, new_row, put_all
 from shared.jobs import (
     REPLAY_POLL_S,
     REPLAY_WAIT_S,
@@ -35,7 +36,6 @@ from shared.jobs import (
     IdempotencyInProgress,
     JobRequest,
     QueueUnavailable,
-    StorageUnavailable,
     SubmitError,
     blob_key,
     check_against,
@@ -47,7 +47,6 @@ from shared.publish import publish_all
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
-BLOB_THREADS = 16  # concurrent blob writes of one batch
 
 
 @dataclass(frozen=True)
@@ -117,40 +116,12 @@ def _earlier(database_url: str, tenant_id: uuid.UUID, key: str) -> SubmitBatch |
         time.sleep(REPLAY_POLL_S)
 
 
-def _replay(earlier: SubmitBatch, digest: str) -> BatchSubmitted:
+def _replay(earlier: SubmitBatch, digest: str | None) -> BatchSubmitted:
     if earlier.request_hash != digest:
         raise IdempotencyConflict()
     if not earlier.published:
         raise IdempotencyInProgress()
     return BatchSubmitted(answer=earlier.answer, created=False)
-
-
-def _put_all(blobs: BlobStore, pairs: list[tuple[str, bytes]]) -> None:
-    """Write every (key, bytes) concurrently; on any failure delete what was written."""
-
-    def put(pair: tuple[str, bytes]) -> str | None:
-        try:
-            blobs.put(*pair)
-        except Exception as exc:
-            log.warning("blob write failed", extra={"blob_key": pair[0], "error": type(exc).__name__})
-            return None
-        return pair[0]
-
-    if not pairs:
-        return
-    with ThreadPoolExecutor(min(BLOB_THREADS, len(pairs))) as pool:
-        written = list(pool.map(put, pairs))
-    if None in written:
-        _delete_all(blobs, [key for key in written if key is not None])
-        raise StorageUnavailable()
-
-
-def _delete_all(blobs: BlobStore, keys: list[str]) -> None:
-    for key in keys:
-        try:
-            blobs.delete(key)
-        except Exception as exc:
-            log.warning("blob delete failed", extra={"blob_key": key, "error": type(exc).__name__})
 
 
 def submit_batch(
@@ -161,7 +132,7 @@ def submit_batch(
     database_url: str,
     settings: Settings,
     idempotency_key: str | None,
-    digest: str,
+    digest: str | None,
 ) -> BatchSubmitted:
     """See the module docstring."""
     if idempotency_key is not None:
@@ -194,14 +165,14 @@ def submit_batch(
         if isinstance(image, bytes)
     ]
     all_keys = [key for key, _ in stored]
-    _put_all(blobs, stored)
+    put_all(blobs, stored)
     try:
         jobs = _insert(database_url, tenant_id, batch_id, valid, keys, answer, idempotency_key, digest)
     except BaseException:
-        _delete_all(blobs, all_keys)
+        delete_all(blobs, all_keys)
         raise
     if jobs is None:  # another request with this key won the race
-        _delete_all(blobs, all_keys)
+        delete_all(blobs, all_keys)
         assert idempotency_key is not None
         earlier = _earlier(database_url, tenant_id, idempotency_key)
         if earlier is None:  # the winner's publish failed and its rows were removed
@@ -214,7 +185,7 @@ def submit_batch(
             "batch publish failed; batch removed", extra={"batch_id": str(batch_id), "error": type(exc).__name__}
         )
         _unpublish(database_url, batch_id)
-        _delete_all(blobs, all_keys)
+        delete_all(blobs, all_keys)
         raise QueueUnavailable() from exc
     if idempotency_key is not None:
         with session_scope(database_url) as session:
@@ -239,7 +210,7 @@ def _insert(
     keys: dict[uuid.UUID, list[str]],
     answer: dict[str, Any],
     idempotency_key: str | None,
-    digest: str,
+    digest: str | None,
 ) -> list[Job] | None:
     """The batch row and its job rows in one transaction; None when the key was taken meanwhile."""
     with session_scope(database_url) as session:
@@ -260,25 +231,10 @@ def _insert(
             return None
         if not valid:
             return []
-        rows = [
-            {
-                "id": job_id,
-                "tenant_id": tenant_id,
-                "kind": request.kind,
-                "status": "queued",
-                "subject_external_id": request.subject_id,
-                "top_k": request.top_k,
-                "cropped": request.cropped,
-                "blob_keys": keys[job_id],
-                "callback_url": request.callback_url,
-                "options": request.options,
-                "attempts": 0,
-                "published": True,
-                "submit_batch_id": batch_id,
-            }
-            for request, job_id in valid
-        ]
-        return list(session.scalars(insert(Job).returning(Job, sort_by_parameter_order=True), rows))
+        now = datetime.now(UTC)
+        rows = [new_row(tenant_id, request, job_id, keys[job_id], now, batch_id) for request, job_id in valid]
+        insert_rows(session, rows)
+        return [as_job(row) for row in rows]
 
 
 def _unpublish(database_url: str, batch_id: uuid.UUID) -> None:

@@ -139,7 +139,7 @@ async def create_batch(
         database_url=context.database_url,
         settings=context.settings,
         idempotency_key=idempotency_key,
-        digest=_digest(items),
+        digest=_digest(items) if idempotency_key is not None else None,
     )
     answer = submitted.answer
     headers = {"Location": f"/v1/batches/{answer['id']}"}
