@@ -1,7 +1,7 @@
 """Load benchmark: an open-loop HTTP generator against the real stack, on loopback only.
 
 Run: python -m bench.load [--rates 2,5,10,15,20,30,40] [--duration 10] [--out bench/results/load.json]
-     python -m bench.load --enqueue-only   (the two enqueue rates alone, about a minute)
+     python -m bench.load --enqueue-only   (the two enqueue rates alone, about a minute and a half)
 
 A private stack (Valkey, Postgres, file blobs, the API, one worker with default settings) in a
 temporary folder. Three measurements:
@@ -301,7 +301,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10, help="seconds of arrivals per rate")
     parser.add_argument("--drain", type=float, default=60, help="seconds to wait for a rate's jobs")
     parser.add_argument("--stop-above", type=float, default=5, help="stop once completion p95 exceeds this (s)")
-    parser.add_argument("--enqueue-jobs", type=int, default=3000, help="jobs for the enqueue-rate measurements")
+    parser.add_argument(
+        "--enqueue-jobs",
+        type=int,
+        default=10000,
+        help="jobs for the enqueue-rate measurements (fewer: noisier figures)",
+    )
     parser.add_argument("--enqueue-only", action="store_true", help="only the enqueue rates (no worker, no load)")
     parser.add_argument("--api-workers", type=int, default=0, help="API processes (0: one per core)")
     parser.add_argument("--clients", type=int, default=3, help="client processes, enqueue measurements")
