@@ -63,7 +63,10 @@ class _Pending:
             else:
                 self.future.set_result(result)
 
-        self.loop.call_soon_threadsafe(done)
+        try:
+            self.loop.call_soon_threadsafe(done)
+        except RuntimeError:  # the caller's event loop is closed: nobody waits for the answer
+            log.warning("a submit's caller went away", extra={"tenant_id": str(self.tenant_id)})
 
 
 class GroupSubmitter:

@@ -119,3 +119,25 @@ def test_close_answers_what_is_waiting(services, redis_client, submitter, tenant
 
 async def _submit_one(submitter, tenant_id):
     return await submitter.submit(tenant_id, JobRequest(kind="identify", images=(png(1),), top_k=1), get_settings())
+
+
+def test_a_caller_gone_does_not_stop_the_others(services, redis_client, submitter, tenant_id):
+    """A submit whose event loop has closed before its answer came does not stop the thread."""
+    import threading
+
+    from shared.group_submit import _Pending
+
+    gone = asyncio.new_event_loop()
+    future = gone.create_future()
+    gone.close()
+    pending = _Pending(tenant_id, JobRequest(kind="identify", images=(png(3),), top_k=1), get_settings(), future, gone)
+    finished = threading.Event()
+
+    def settle_then_mark():
+        pending.settle({"id": "x"})
+        finished.set()
+
+    threading.Thread(target=settle_then_mark).start()
+    assert finished.wait(10)
+    answer = asyncio.run(_submit_one(submitter, tenant_id))
+    _queued(redis_client, "identify", {answer["id"]})
