@@ -24,6 +24,7 @@ import json
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.harness import (
@@ -167,8 +168,12 @@ def run(args, faces_dir: Path) -> dict:
         stack.start_api(api_workers=args.api_workers)
         say(f"enqueue rates: {args.enqueue_jobs} verifications, singly and in batches, no worker consuming")
         enqueue = measure_enqueue(stack, bodies[: args.enqueue_jobs], args)
-        if args.enqueue_only:
-            return {**enqueue, "machine": machine(resolve_device("auto"))}
+        if args.enqueue_only:  # dated apart from the full run whose load figures stay
+            return {
+                **enqueue,
+                "enqueue_machine": machine(resolve_device("auto")),
+                "enqueue_date": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
         worker = stack.start_worker()
         enroll_all(stack, faces)
         load_step(stack, bodies[:10], 10, args.drain)  # warm-up
