@@ -24,11 +24,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from shared.blob import BlobStore
+from shared.blob import BlobStore, delete_all
 from shared.db.models import JOB_STATUSES, Job, SubmitBatch
 from shared.db.session import session_scope
 from shared.image_refs import ImageRef, tenant_prefixes
-from shared.job_rows import as_job, delete_all, insert_rows, new_row, put_all
+from shared.job_rows import as_job, insert_rows, new_row
 from shared.jobs import (
     REPLAY_POLL_S,
     REPLAY_WAIT_S,
@@ -41,6 +41,7 @@ from shared.jobs import (
     check_against,
     has_references,
     message_for,
+    store_all,
     validate,
 )
 from shared.publish import publish_all
@@ -165,7 +166,7 @@ def submit_batch(
         if isinstance(image, bytes)
     ]
     all_keys = [key for key, _ in stored]
-    put_all(blobs, stored)
+    store_all(blobs, stored)
     try:
         jobs = _insert(database_url, tenant_id, batch_id, valid, keys, answer, idempotency_key, digest)
     except BaseException:

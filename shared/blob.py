@@ -5,13 +5,23 @@ missing), delete(key) (idempotent) and delete_prefix(prefix) -> number deleted.
 Keys are relative paths such as "<tenant_id>/<job_id>/<index>".
 s3_client() -> a boto3 S3 client configured the standard AWS way (credentials, region,
 AWS_ENDPOINT_URL_S3); the S3 store and the worker's reads of images by reference both use it.
+put_all(store, pairs): write (key, bytes) pairs (a remote store's concurrently, on a shared pool);
+    on a failure, delete what was written and raise the first error.
+delete_all(store, keys): delete each, logging (not raising) failures.
 """
 
+import logging
 import os
 import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
+PUT_THREADS = 16  # concurrent writes to a remote store
+_put_pool = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="blob-put")
 
 
 class BlobNotFound(KeyError):
@@ -156,3 +166,30 @@ def open_blob_store(url: str) -> BlobStore:
             raise ValueError(f"s3 blob URL needs a bucket: {url}")
         return S3BlobStore(parsed.netloc, parsed.path)
     raise ValueError(f"unsupported blob URL (use file:// or s3://): {url}")
+
+
+def put_all(store: BlobStore, pairs: Sequence[tuple[str, bytes]]) -> None:
+    """A local folder is written in this thread (a file write costs less than a thread hop)."""
+
+    def put(pair: tuple[str, bytes]) -> Exception | None:
+        try:
+            store.put(*pair)
+        except Exception as exc:
+            log.warning("blob write failed", extra={"blob_key": pair[0], "error": type(exc).__name__})
+            return exc
+        return None
+
+    local = isinstance(store, FileBlobStore) or len(pairs) <= 1
+    errors = [put(pair) for pair in pairs] if local else list(_put_pool.map(put, pairs))
+    failed = [error for error in errors if error is not None]
+    if failed:
+        delete_all(store, [key for (key, _), error in zip(pairs, errors, strict=True) if error is None])
+        raise failed[0]
+
+
+def delete_all(store: BlobStore, keys: Sequence[str]) -> None:
+    for key in keys:
+        try:
+            store.delete(key)
+        except Exception as exc:
+            log.warning("blob delete failed", extra={"blob_key": key, "error": type(exc).__name__})

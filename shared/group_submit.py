@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.blob import delete_all
 from shared.db.session import session_scope
 from shared.image_refs import ImageRef, tenant_prefixes
-from shared.job_rows import as_job, delete_all, insert_rows, new_row, put_all, unpublish
+from shared.job_rows import as_job, insert_rows, new_row, unpublish
 from shared.jobs import (
     PUBLISH_RETRY,
     JobRequest,
@@ -35,6 +36,7 @@ from shared.jobs import (
     has_references,
     job_json,
     message_for,
+    store_all,
     validate,
 )
 from shared.publish import publish_all
@@ -132,7 +134,7 @@ class GroupSubmitter:
             pending.stored = [(key, image) for key, image in zip(keys, images, strict=True) if isinstance(image, bytes)]
             pending.row = new_row(pending.tenant_id, pending.request, job_id, keys, now)
         stored = [pair for pending in group for pair in pending.stored]
-        put_all(self.blobs, stored)
+        store_all(self.blobs, stored)
         try:
             with session_scope(self.database_url) as session:
                 insert_rows(session, [pending.row for pending in group if pending.row])

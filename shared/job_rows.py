@@ -4,15 +4,10 @@ new_row(tenant_id, request, job_id, keys, submitted_at, submit_batch_id=None) ->
 insert_rows(session, rows): one COPY for all of them (no ORM objects, nothing read back).
 as_job(row) -> a transient Job with those values, for job_json and message_for.
 unpublish(session, job_ids) -> the ids removed: the jobs still queued (a worker may hold the others).
-put_all(blobs, pairs): write (key, bytes) pairs on a shared thread pool; on a failure, delete what
-    was written and raise StorageUnavailable.
-delete_all(blobs, keys): delete, logging (not raising) failures.
 """
 
-import logging
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -20,13 +15,9 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from shared.blob import BlobStore, FileBlobStore
 from shared.db.models import Job
-from shared.jobs import JobRequest, StorageUnavailable
+from shared.jobs import JobRequest
 
-log = logging.getLogger(__name__)
-BLOB_THREADS = 16  # concurrent writes to a remote blob store
-_pool = ThreadPoolExecutor(BLOB_THREADS, thread_name_prefix="blob-put")
 JSON_COLUMNS = {"blob_keys", "options"}  # JSONB columns of a new row
 
 
@@ -83,32 +74,3 @@ def unpublish(session: Session, job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         delete(Job).where(Job.id.in_(list(job_ids)), Job.status == "queued").returning(Job.id)
     ).scalars()
     return set(removed)
-
-
-def put_all(blobs: BlobStore, pairs: Sequence[tuple[str, bytes]]) -> None:
-    """A local folder is written here (a file write costs less than a thread hop); anything else
-    on the pool, concurrently."""
-
-    def put(pair: tuple[str, bytes]) -> str | None:
-        try:
-            blobs.put(*pair)
-        except Exception as exc:
-            log.warning("blob write failed", extra={"blob_key": pair[0], "error": type(exc).__name__})
-            return None
-        return pair[0]
-
-    if not pairs:
-        return
-    local = isinstance(blobs, FileBlobStore) or len(pairs) == 1
-    written = [put(pair) for pair in pairs] if local else list(_pool.map(put, pairs))
-    if None in written:
-        delete_all(blobs, [key for key in written if key is not None])
-        raise StorageUnavailable()
-
-
-def delete_all(blobs: BlobStore, keys: Sequence[str]) -> None:
-    for key in keys:
-        try:
-            blobs.delete(key)
-        except Exception as exc:
-            log.warning("blob delete failed", extra={"blob_key": key, "error": type(exc).__name__})

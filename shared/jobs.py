@@ -23,6 +23,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -30,7 +31,7 @@ from urllib.parse import urlparse
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from shared.blob import BlobStore
+from shared.blob import BlobStore, delete_all, put_all
 from shared.callback_guard import CallbackRefused, allowed_networks, check_callback_url
 from shared.db.models import Job
 from shared.db.session import session_scope
@@ -219,7 +220,7 @@ def submit_job(
         for i, image in enumerate(request.images)
     ]
     stored = [(key, image) for key, image in zip(keys, request.images) if isinstance(image, bytes)]
-    _put_all(blobs, [key for key, _ in stored], tuple(image for _, image in stored))
+    store_all(blobs, stored)
     keys_written = [key for key, _ in stored]
     try:
         with session_scope(database_url) as session:
@@ -245,10 +246,10 @@ def submit_job(
                 .returning(Job)
             ).first()
     except BaseException:
-        _delete_all(blobs, keys_written)
+        delete_all(blobs, keys_written)
         raise
     if job is None:  # another request with this key won the race
-        _delete_all(blobs, keys_written)
+        delete_all(blobs, keys_written)
         assert idempotency_key is not None  # only a keyed insert can lose a race
         earlier = _settled_by_key(database_url, tenant_id, idempotency_key)
         if earlier is None:  # the winner's row was removed again: its publish failed
@@ -263,7 +264,7 @@ def submit_job(
                 "publish failed; job removed",
                 extra={"job_id": str(job_id), "kind": request.kind, "error": type(exc).__name__},
             )
-            _delete_all(blobs, keys_written)
+            delete_all(blobs, keys_written)
             raise QueueUnavailable() from exc
         # A worker has the job already: the message got through although the broker's answer did not.
         log.warning("publish reported a failure but the job runs", extra={"job_id": str(job_id)})
@@ -380,21 +381,9 @@ def _replay(earlier: Job, digest: str) -> Submitted:
     return Submitted(job=earlier, created=False)
 
 
-def _put_all(blobs: BlobStore, keys: list[str], images: tuple[bytes, ...]) -> None:
-    done = []
+def store_all(blobs: BlobStore, pairs: Sequence[tuple[str, bytes]]) -> None:
+    """Write every (key, bytes); StorageUnavailable when one fails (nothing is left behind)."""
     try:
-        for key, image in zip(keys, images, strict=True):
-            blobs.put(key, image)
-            done.append(key)
+        put_all(blobs, pairs)
     except Exception as exc:
-        log.warning("blob write failed", extra={"blob_key": key, "error": type(exc).__name__})
-        _delete_all(blobs, done)
         raise StorageUnavailable() from exc
-
-
-def _delete_all(blobs: BlobStore, keys: list[str]) -> None:
-    for key in keys:
-        try:
-            blobs.delete(key)
-        except Exception as exc:
-            log.warning("blob delete failed", extra={"blob_key": key, "error": type(exc).__name__})

@@ -87,3 +87,16 @@ def test_s3_objects_carry_the_url_prefix(monkeypatch):
 def test_unsupported_urls(url):
     with pytest.raises(ValueError):
         open_blob_store(url)
+
+
+def test_put_all_writes_every_pair_or_none(store):
+    """A pair that cannot be written: the error is raised and the pairs written are deleted."""
+    from shared.blob import put_all
+
+    put_all(store, [("t/a/0", b"a"), ("t/a/1", b"b")])
+    assert store.get("t/a/0") == b"a" and store.get("t/a/1") == b"b"
+    with pytest.raises(ValueError):
+        put_all(store, [("t/b/0", b"a"), ("../escape", b"b"), ("t/b/2", b"c")])
+    for key in ("t/b/0", "t/b/2"):
+        with pytest.raises(BlobNotFound):
+            store.get(key)
