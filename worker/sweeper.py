@@ -18,6 +18,7 @@ import time
 import uuid
 from datetime import timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import and_, func, or_, select
 
 from shared.db.models import Job
@@ -72,7 +73,15 @@ def sweep(database_url: str, redis, celery, settings: Settings) -> list[str]:
         if jobs:
             covered = covered_kinds(session, redis)
             jobs = [job for job in jobs if job.kind not in covered]
-        messages = [message_for(job) for job in jobs]
+        messages = []
+        for job in jobs:
+            try:
+                messages.append(message_for(job))
+            except ValidationError as exc:  # a row no message can carry: the others still go
+                log.error(
+                    "stranded job cannot be published",
+                    extra={"job_id": str(job.id), "fields": [str(e["loc"][0]) for e in exc.errors() if e["loc"]]},
+                )
     sent = []
     for message in messages:
         if not redis.set(SWEPT_PREFIX + message.job_id, 1, nx=True, ex=settings.sweep_after_s):
