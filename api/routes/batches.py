@@ -12,7 +12,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from api import cursor
 from api.auth import Tenant
@@ -161,17 +161,16 @@ def _batch_page(
             return None
         batch, counts = found
         query = select(Job).where(Job.submit_batch_id == batch.id, Job.tenant_id == tenant_id)
-        if after is not None:
-            query = query.where(tuple_(Job.submitted_at, Job.id) < tuple_(*after))
-        jobs = session.scalars(query.order_by(Job.submitted_at.desc(), Job.id.desc()).limit(limit + 1)).all()
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
+        query = cursor.newest_first(query, Job.submitted_at, Job.id, after, limit)
+        jobs, next_cursor = cursor.split_page(
+            session.scalars(query).all(), limit, lambda job: (job.submitted_at, job.id)
+        )
     return {
         "id": str(batch.id),
         "created_at": batch.created_at.isoformat(),
         "counts": counts,
         "jobs": [job_json(job) for job in jobs],
-        "next_cursor": cursor.encode((jobs[-1].submitted_at, jobs[-1].id)) if more else None,
+        "next_cursor": next_cursor,
     }
 
 

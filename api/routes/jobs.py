@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from api import cursor
 from api.auth import Tenant
@@ -37,17 +37,14 @@ def _ids(text: str) -> list[uuid.UUID]:
 
 def _jobs_page(database_url: str, tenant_id: uuid.UUID, filters: list[Any], limit: int, after: tuple | None) -> dict:
     query = select(JobRow).where(JobRow.tenant_id == tenant_id, *filters)
-    if after is not None:
-        query = query.where(tuple_(JobRow.submitted_at, JobRow.id) < tuple_(*after))
-    query = query.order_by(JobRow.submitted_at.desc(), JobRow.id.desc()).limit(limit + 1)
+    query = cursor.newest_first(query, JobRow.submitted_at, JobRow.id, after, limit)
     with session_scope(database_url) as session:
-        jobs = session.scalars(query).all()
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
-    return {
-        "jobs": [job_json(job) for job in jobs],
-        "next_cursor": cursor.encode((jobs[-1].submitted_at, jobs[-1].id)) if more else None,
-    }
+        jobs, next_cursor = cursor.split_page(session.scalars(query).all(), limit, _job_key)
+    return {"jobs": [job_json(job) for job in jobs], "next_cursor": next_cursor}
+
+
+def _job_key(job: JobRow) -> tuple:
+    return (job.submitted_at, job.id)
 
 
 @router.get(

@@ -122,24 +122,23 @@ def subjects_page(database_url: str, tenant_id: uuid.UUID, limit: int, after: st
     if after is not None:
         query = query.where(Subject.external_id > after)
     with session_scope(database_url) as session:
-        subjects = session.scalars(query.order_by(Subject.external_id).limit(limit + 1)).all()
-        more = len(subjects) > limit
-        subjects = subjects[:limit]
+        rows = session.scalars(query.order_by(Subject.external_id).limit(limit + 1)).all()
+        subjects, next_cursor = cursor.split_page(rows, limit, lambda subject: (subject.external_id,))
         counts: dict[uuid.UUID, list[dict]] = {subject.id: [] for subject in subjects}
-        rows = session.execute(
+        templates = session.execute(
             select(Template.subject_id, Template.model_version, func.count())
             .where(Template.subject_id.in_(list(counts)))
             .group_by(Template.subject_id, Template.model_version)
             .order_by(Template.model_version)
         ).all()
-    for subject_uuid, version, count in rows:
+    for subject_uuid, version, count in templates:
         counts[subject_uuid].append({"model_version": version, "count": count})
     return {
         "subjects": [
             {"subject_id": s.external_id, "created_at": s.created_at.isoformat(), "templates": counts[s.id]}
             for s in subjects
         ],
-        "next_cursor": cursor.encode((subjects[-1].external_id,)) if more else None,
+        "next_cursor": next_cursor,
     }
 
 
