@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from shared.blob import BlobStore, delete_all
 from shared.db.models import JOB_STATUSES, Job, SubmitBatch
 from shared.db.session import session_scope
-from shared.image_refs import ImageRef, tenant_prefixes
+from shared.image_refs import tenant_prefixes
 from shared.job_rows import as_job, insert_rows, new_row
 from shared.jobs import (
     REPLAY_POLL_S,
@@ -37,9 +37,9 @@ from shared.jobs import (
     JobRequest,
     QueueUnavailable,
     SubmitError,
-    blob_key,
     check_against,
     has_references,
+    image_keys,
     message_for,
     store_all,
     validate,
@@ -96,14 +96,6 @@ def _checked(
     return checked
 
 
-def _keys(tenant_id: uuid.UUID, job_id: uuid.UUID, request: JobRequest) -> list[str]:
-    """A stored image's blob key, or a reference's uri (the worker reads it; nothing deletes it)."""
-    return [
-        image.uri if isinstance(image, ImageRef) else blob_key(tenant_id, job_id, i)
-        for i, image in enumerate(request.images)
-    ]
-
-
 def _earlier(database_url: str, tenant_id: uuid.UUID, key: str) -> SubmitBatch | None:
     """The batch with this key, waiting up to REPLAY_WAIT_S while its submitter still publishes."""
     deadline = time.monotonic() + REPLAY_WAIT_S
@@ -143,7 +135,7 @@ def submit_batch(
     batch_id = uuid.uuid4()
     items = _checked(items, settings, database_url, tenant_id)
     valid = [(item.request, uuid.uuid4()) for item in items if item.request is not None and item.error is None]
-    keys = {job_id: _keys(tenant_id, job_id, request) for request, job_id in valid}
+    keys = {job_id: image_keys(tenant_id, job_id, request) for request, job_id in valid}
     job_ids = iter(job_id for _, job_id in valid)
     answer = {
         "id": str(batch_id),

@@ -24,16 +24,16 @@ from typing import Any
 
 from shared.blob import delete_all
 from shared.db.session import session_scope
-from shared.image_refs import ImageRef, tenant_prefixes
+from shared.image_refs import tenant_prefixes
 from shared.job_rows import as_job, insert_rows, new_row, unpublish
 from shared.jobs import (
     PUBLISH_RETRY,
     JobRequest,
     QueueUnavailable,
     SubmitError,
-    blob_key,
     check_against,
     has_references,
+    image_keys,
     job_json,
     message_for,
     store_all,
@@ -126,11 +126,8 @@ class GroupSubmitter:
         now = datetime.now(UTC)
         for pending in group:
             job_id = uuid.uuid4()
+            keys = image_keys(pending.tenant_id, job_id, pending.request)
             images = pending.request.images
-            keys = [
-                image.uri if isinstance(image, ImageRef) else blob_key(pending.tenant_id, job_id, i)
-                for i, image in enumerate(images)
-            ]
             pending.stored = [(key, image) for key, image in zip(keys, images, strict=True) if isinstance(image, bytes)]
             pending.row = new_row(pending.tenant_id, pending.request, job_id, keys, now)
         stored = [pair for pending in group for pair in pending.stored]

@@ -191,6 +191,15 @@ def blob_key(tenant_id: uuid.UUID, job_id: uuid.UUID, index: int) -> str:
     return f"{tenant_id}/{job_id}/{index}"
 
 
+def image_keys(tenant_id: uuid.UUID, job_id: uuid.UUID, request: JobRequest) -> list[str]:
+    """Per image: a stored image's blob key, or a reference's uri (the worker reads it; nothing
+    deletes it)."""
+    return [
+        image.uri if isinstance(image, ImageRef) else blob_key(tenant_id, job_id, i)
+        for i, image in enumerate(request.images)
+    ]
+
+
 def submit_job(
     tenant_id: uuid.UUID,
     request: JobRequest,
@@ -215,10 +224,7 @@ def submit_job(
             return _replay(earlier, digest)
 
     job_id = uuid.uuid4()
-    keys = [
-        image.uri if isinstance(image, ImageRef) else blob_key(tenant_id, job_id, i)
-        for i, image in enumerate(request.images)
-    ]
+    keys = image_keys(tenant_id, job_id, request)
     stored = [(key, image) for key, image in zip(keys, request.images) if isinstance(image, bytes)]
     store_all(blobs, stored)
     keys_written = [key for key, _ in stored]
