@@ -3,7 +3,7 @@ not keep the others from being published again."""
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import delete
 
@@ -22,7 +22,8 @@ def _stranded(session, tenant_id, blob_keys: list[str]) -> uuid.UUID:
             blob_keys=blob_keys,
             attempts=0,
             published=True,
-            submitted_at=datetime.now(UTC) - timedelta(days=30),  # older than any other test's row
+            # older than any other test's row: with sweep_limit 2 the sweep takes these two alone
+            submitted_at=datetime(2000, 1, 1, tzinfo=UTC),
         )
     )
     return job_id
