@@ -42,6 +42,7 @@ from shared.jobs import (
     image_keys,
     message_for,
     store_all,
+    stored_images,
     validate,
 )
 from shared.publish import publish_all
@@ -151,12 +152,7 @@ def submit_batch(
             for item in items
         ],
     }
-    stored = [
-        (key, image)
-        for request, job_id in valid
-        for key, image in zip(keys[job_id], request.images, strict=True)
-        if isinstance(image, bytes)
-    ]
+    stored = [pair for request, job_id in valid for pair in stored_images(keys[job_id], request)]
     all_keys = [key for key, _ in stored]
     store_all(blobs, stored)
     try:

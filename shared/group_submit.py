@@ -18,11 +18,12 @@ import asyncio
 import logging
 import threading
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.blob import delete_all
+from shared.db.models import Job
 from shared.db.session import session_scope
 from shared.image_refs import tenant_prefixes
 from shared.job_rows import as_job, insert_rows, new_row, unpublish
@@ -37,6 +38,7 @@ from shared.jobs import (
     job_json,
     message_for,
     store_all,
+    stored_images,
     validate,
 )
 from shared.publish import publish_all
@@ -53,8 +55,6 @@ class _Pending:
     settings: Settings
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
-    row: dict[str, Any] | None = None
-    stored: list[tuple[str, bytes]] = field(default_factory=list)
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         def done() -> None:
@@ -124,21 +124,20 @@ class GroupSubmitter:
         if not group:
             return
         now = datetime.now(UTC)
+        rows, stored = [], []
         for pending in group:
             job_id = uuid.uuid4()
             keys = image_keys(pending.tenant_id, job_id, pending.request)
-            images = pending.request.images
-            pending.stored = [(key, image) for key, image in zip(keys, images, strict=True) if isinstance(image, bytes)]
-            pending.row = new_row(pending.tenant_id, pending.request, job_id, keys, now)
-        stored = [pair for pending in group for pair in pending.stored]
-        store_all(self.blobs, stored)
+            rows.append(new_row(pending.tenant_id, pending.request, job_id, keys, now))
+            stored.append(stored_images(keys, pending.request))
+        store_all(self.blobs, [pair for pairs in stored for pair in pairs])
         try:
             with session_scope(self.database_url) as session:
-                insert_rows(session, [pending.row for pending in group if pending.row])
+                insert_rows(session, rows)
         except BaseException:
-            delete_all(self.blobs, [key for key, _ in stored])
+            delete_all(self.blobs, [key for pairs in stored for key, _ in pairs])
             raise
-        jobs = [as_job(pending.row) for pending in group if pending.row]
+        jobs = [as_job(row) for row in rows]
         try:
             publish_all(
                 self.celery,
@@ -147,7 +146,7 @@ class GroupSubmitter:
                 retry_wait_s=PUBLISH_RETRY["interval_step"],
             )
         except Exception as exc:
-            self._unpublish(group, exc)
+            self._unpublish(group, jobs, stored, exc)
             return
         for pending, job in zip(group, jobs, strict=True):
             log.info(
@@ -179,16 +178,16 @@ class GroupSubmitter:
             kept.append(pending)
         return kept
 
-    def _unpublish(self, group: list[_Pending], exc: Exception) -> None:
-        ids = [pending.row["id"] for pending in group if pending.row]
+    def _unpublish(
+        self, group: list[_Pending], jobs: list[Job], stored: list[list[tuple[str, bytes]]], exc: Exception
+    ) -> None:
         with session_scope(self.database_url) as session:
-            removed = unpublish(session, ids)
+            removed = unpublish(session, [job.id for job in jobs])
         log.warning("publish failed; jobs removed", extra={"jobs": len(removed), "error": type(exc).__name__})
-        for pending in group:
-            assert pending.row is not None
-            if pending.row["id"] in removed:
-                delete_all(self.blobs, [key for key, _ in pending.stored])
+        for pending, job, pairs in zip(group, jobs, stored, strict=True):
+            if job.id in removed:
+                delete_all(self.blobs, [key for key, _ in pairs])
                 pending.settle(error=QueueUnavailable())
             else:  # a worker has it: the message got through although the broker's answer did not
-                log.warning("publish reported a failure but the job runs", extra={"job_id": str(pending.row["id"])})
-                pending.settle(job_json(as_job(pending.row)))
+                log.warning("publish reported a failure but the job runs", extra={"job_id": str(job.id)})
+                pending.settle(job_json(job))

@@ -200,6 +200,11 @@ def image_keys(tenant_id: uuid.UUID, job_id: uuid.UUID, request: JobRequest) -> 
     ]
 
 
+def stored_images(keys: list[str], request: JobRequest) -> list[tuple[str, bytes]]:
+    """(blob key, bytes) of the images the service stores (a reference is read where it lies)."""
+    return [(key, image) for key, image in zip(keys, request.images, strict=True) if isinstance(image, bytes)]
+
+
 def submit_job(
     tenant_id: uuid.UUID,
     request: JobRequest,
@@ -225,7 +230,7 @@ def submit_job(
 
     job_id = uuid.uuid4()
     keys = image_keys(tenant_id, job_id, request)
-    stored = [(key, image) for key, image in zip(keys, request.images) if isinstance(image, bytes)]
+    stored = stored_images(keys, request)
     store_all(blobs, stored)
     keys_written = [key for key, _ in stored]
     try:
